@@ -1,0 +1,202 @@
+"""Command-line flags and TASKQUEUE_EXPORTER_* variables, parsed once into a frozen config."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from exporter.celery_layout import CeleryRedisLayout, OptionError, layout_from_options
+from exporter.messages import DEFAULT_MAX_MESSAGE_BYTES
+
+ENV_PREFIX = "TASKQUEUE_EXPORTER_"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_PORT = 9808
+
+
+class ConfigError(ValueError):
+    """A bad flag or variable; str(error) is a one-line message naming it."""
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    broker_url: str
+    celery_queues: tuple[str, ...]
+    rq_queues: tuple[str, ...]
+    layout: CeleryRedisLayout
+    listen_address: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    discover: bool = True
+    discovery_interval: float = 30.0
+    exclude_queues: tuple[str, ...] = ()
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    broker_timeout: float = 5.0
+    log_level: str = "info"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="taskqueue-exporter",
+        description="Prometheus exporter for Celery and RQ queues on Redis. "
+        f"Every flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}BROKER_URL); "
+        "repeatable flags take a space-separated list there.",
+    )
+    p.add_argument("--broker-url", help="redis://[:password@]host:port/db (required)")
+    p.add_argument(
+        "--queue", action="append", metavar="NAME",
+        help="a queue to export even before it exists; NAME is a Celery queue, rq:NAME an RQ "
+        "queue (repeatable). Discovered queues are exported too.",
+    )
+    p.add_argument("--listen-address", help="address to serve /metrics on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help=f"port to serve /metrics on (default {DEFAULT_PORT})")
+    p.add_argument(
+        "--broker-transport-option", action="append", metavar="KEY=VALUE",
+        help="the Celery app's broker_transport_options that place keys: priority_steps "
+        "(e.g. 0,3,6,9), sep (escapes allowed, e.g. \\x06\\x16), global_keyprefix, unacked_key",
+    )
+    p.add_argument(
+        "--exclude-queue", action="append", metavar="GLOB",
+        help="leave discovered queues matching this shell pattern out (repeatable)",
+    )
+    p.add_argument(
+        "--no-discovery", action="store_true", default=None,
+        help="export only the --queue list; do not look for queues in the broker",
+    )
+    p.add_argument(
+        "--discovery-interval", type=float, metavar="SECONDS",
+        help="how often to SCAN for new Celery queues (default 30; 0 = every scrape)",
+    )
+    p.add_argument(
+        "--max-message-bytes", type=int,
+        help=f"larger messages are not parsed for age (default {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
+    p.add_argument("--broker-timeout", type=float, metavar="SECONDS",
+                   help="socket timeout for broker reads (default 5)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="default info")
+    return p
+
+
+def _truthy(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: must be true or false (got {value!r})")
+
+
+def _from_environment(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
+) -> None:
+    """Fill every flag not given on the command line from its environment variable."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        if getattr(args, action.dest) is not None:
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if isinstance(action, argparse._StoreTrueAction):
+            setattr(args, action.dest, _truthy(name, raw))
+            continue
+        try:
+            values = shlex.split(raw) if isinstance(action, argparse._AppendAction) else [raw]
+            converted = [action.type(v) if action.type else v for v in values]  # type: ignore[operator]
+        except ValueError:
+            raise ConfigError(f"{name}: invalid value {raw!r}") from None
+        if action.choices and any(v not in action.choices for v in converted):
+            raise ConfigError(f"{name}: must be one of {', '.join(action.choices)} (got {raw!r})")
+        setattr(args, action.dest, converted if isinstance(action, argparse._AppendAction)
+                else converted[0])
+
+
+def _split_queues(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    celery: list[str] = []
+    rq: list[str] = []
+    for name in names:
+        for part in name.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part.startswith("rq:"):
+                target, part = rq, part[3:]
+            else:
+                target, part = celery, part.removeprefix("celery:")
+            if not part:
+                raise ConfigError(f"--queue: empty queue name in {name!r}")
+            target.append(part)
+    return tuple(dict.fromkeys(celery)), tuple(dict.fromkeys(rq))
+
+
+def _transport_options(pairs: Sequence[str]) -> CeleryRedisLayout:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--broker-transport-option: expected KEY=VALUE (got {pair!r})")
+        options[key.strip()] = value
+    try:
+        return layout_from_options(options)
+    except OptionError as error:
+        raise ConfigError(f"--broker-transport-option {error}") from None
+
+
+def _check_url(url: str | None) -> str:
+    if not url:
+        raise ConfigError(f"--broker-url is required (or {ENV_PREFIX}BROKER_URL)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as error:
+        raise ConfigError(f"--broker-url: not a valid URL ({error})") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(
+            f"--broker-url: scheme must be one of {', '.join(REDIS_SCHEMES)} "
+            f"(got {parts.scheme or 'none'!r})"
+        )
+    return url
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    _from_environment(parser, args, environ)
+    celery_queues, rq_queues = _split_queues(args.queue or [])
+    if args.port is not None and not 0 < args.port < 65536:
+        raise ConfigError(f"--port: must be between 1 and 65535 (got {args.port})")
+    if args.discovery_interval is not None and args.discovery_interval < 0:
+        raise ConfigError(f"--discovery-interval: must be >= 0 (got {args.discovery_interval})")
+    if args.max_message_bytes is not None and args.max_message_bytes <= 0:
+        raise ConfigError(f"--max-message-bytes: must be > 0 (got {args.max_message_bytes})")
+    if args.broker_timeout is not None and args.broker_timeout <= 0:
+        raise ConfigError(f"--broker-timeout: must be > 0 (got {args.broker_timeout})")
+    discover = not args.no_discovery
+    if not discover and not (celery_queues or rq_queues):
+        raise ConfigError("--no-discovery needs at least one --queue")
+    given = {
+        "listen_address": args.listen_address,
+        "port": args.port,
+        "discovery_interval": args.discovery_interval,
+        "max_message_bytes": args.max_message_bytes,
+        "broker_timeout": args.broker_timeout,
+        "log_level": args.log_level,
+    }
+    return ExporterConfig(
+        broker_url=_check_url(args.broker_url),
+        celery_queues=celery_queues,
+        rq_queues=rq_queues,
+        layout=_transport_options(args.broker_transport_option or []),
+        discover=discover,
+        exclude_queues=tuple(args.exclude_queue or ()),
+        **{k: v for k, v in given.items() if v is not None},
+    )

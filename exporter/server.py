@@ -1,0 +1,55 @@
+"""HTTP endpoint: /metrics in the Prometheus text format, /healthz, and a landing page."""
+
+from __future__ import annotations
+
+import socketserver
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+
+LANDING = b"""<html><head><title>taskqueue-exporter</title></head><body>
+<h1>taskqueue-exporter</h1><p><a href="/metrics">Metrics</a> <a href="/healthz">Health</a></p>
+</body></html>
+"""
+
+
+def make_app(registry: CollectorRegistry) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [LANDING]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found\n"]
+
+    return app
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def bind(address: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+    """Bind the listening socket; raises OSError (address in use, bad address)."""
+    server_class = _ThreadingServer
+    if ":" in address:
+        server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": 10})
+    return make_server(address, port, make_app(registry), server_class, _QuietHandler)

@@ -1,0 +1,1 @@
+"""taskqueue-scaler: sets ECS worker counts from PromQL rules (work in progress)."""

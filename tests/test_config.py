@@ -1,0 +1,92 @@
+import pytest
+
+from exporter.celery_layout import CeleryRedisLayout
+from exporter.config import ConfigError, ExporterConfig, parse_config
+
+URL = "redis://127.0.0.1:6379/0"
+
+
+def test_defaults():
+    assert parse_config(["--broker-url", URL], {}) == ExporterConfig(
+        broker_url=URL, celery_queues=(), rq_queues=(), layout=CeleryRedisLayout()
+    )
+
+
+def test_every_flag():
+    config = parse_config(
+        [
+            "--broker-url", URL, "--queue", "default", "--queue", "rq:high,emails",
+            "--queue", "celery:rq-like", "--listen-address", "127.0.0.1", "--port", "9999",
+            "--broker-transport-option", "priority_steps=0,5",
+            "--broker-transport-option", "global_keyprefix=x:",
+            "--exclude-queue", "tmp.*", "--no-discovery", "--discovery-interval", "0",
+            "--max-message-bytes", "1000", "--broker-timeout", "2.5", "--log-level", "debug",
+        ],
+        {},
+    )
+    assert config == ExporterConfig(
+        broker_url=URL,
+        celery_queues=("default", "emails", "rq-like"),
+        rq_queues=("high",),
+        layout=CeleryRedisLayout(priority_steps=(0, 5), global_keyprefix="x:"),
+        listen_address="127.0.0.1",
+        port=9999,
+        discover=False,
+        discovery_interval=0.0,
+        exclude_queues=("tmp.*",),
+        max_message_bytes=1000,
+        broker_timeout=2.5,
+        log_level="debug",
+    )
+
+
+def test_environment_fills_flags_not_given():
+    env = {
+        "TASKQUEUE_EXPORTER_BROKER_URL": URL,
+        "TASKQUEUE_EXPORTER_QUEUE": "a rq:b",
+        "TASKQUEUE_EXPORTER_PORT": "9100",
+        "TASKQUEUE_EXPORTER_BROKER_TRANSPORT_OPTION": "priority_steps=0,3 'sep=\\x01'",
+        "TASKQUEUE_EXPORTER_NO_DISCOVERY": "true",
+        "TASKQUEUE_EXPORTER_LOG_LEVEL": "warning",
+    }
+    config = parse_config(["--port", "9200"], env)
+    assert config.broker_url == URL
+    assert (config.celery_queues, config.rq_queues) == (("a",), ("b",))
+    assert config.port == 9200  # the flag wins over the variable
+    assert config.layout == CeleryRedisLayout(priority_steps=(0, 3), sep="\x01")
+    assert config.discover is False
+    assert config.log_level == "warning"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {}, "--broker-url is required (or TASKQUEUE_EXPORTER_BROKER_URL)"),
+        (["--broker-url", "amqp://guest@localhost//"], {}, "--broker-url: scheme must be one of"),
+        (["--broker-url", "localhost:6379"], {}, "--broker-url: scheme must be one of"),
+        (["--broker-url", "redis://h:notaport/0"], {}, "--broker-url: not a valid URL"),
+        (["--broker-url", URL, "--port", "70000"], {}, "--port: must be between 1 and 65535"),
+        (["--broker-url", URL, "--port", "x"], {}, "argument --port: invalid int value: 'x'"),
+        (["--broker-url", URL, "--discovery-interval", "-1"], {}, "--discovery-interval: must be >= 0"),
+        (["--broker-url", URL, "--max-message-bytes", "0"], {}, "--max-message-bytes: must be > 0"),
+        (["--broker-url", URL, "--broker-timeout", "0"], {}, "--broker-timeout: must be > 0"),
+        (["--broker-url", URL, "--no-discovery"], {}, "--no-discovery needs at least one --queue"),
+        (["--broker-url", URL, "--queue", "rq:"], {}, "--queue: empty queue name in 'rq:'"),
+        (["--broker-url", URL, "--broker-transport-option", "sep"], {},
+         "--broker-transport-option: expected KEY=VALUE (got 'sep')"),
+        (["--broker-url", URL, "--broker-transport-option", "priority_steps=x"], {},
+         "--broker-transport-option priority_steps: must be ascending"),
+        (["--broker-url", URL], {"TASKQUEUE_EXPORTER_PORT": "abc"},
+         "TASKQUEUE_EXPORTER_PORT: invalid value 'abc'"),
+        (["--broker-url", URL], {"TASKQUEUE_EXPORTER_NO_DISCOVERY": "maybe"},
+         "TASKQUEUE_EXPORTER_NO_DISCOVERY: must be true or false (got 'maybe')"),
+        (["--broker-url", URL], {"TASKQUEUE_EXPORTER_LOG_LEVEL": "loud"},
+         "TASKQUEUE_EXPORTER_LOG_LEVEL: must be one of"),
+        (["--bogus"], {}, "unrecognized arguments: --bogus"),
+    ],
+)
+def test_errors_name_the_flag_and_value(argv, env, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(argv, env)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)

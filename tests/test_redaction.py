@@ -1,0 +1,33 @@
+import logging
+
+import pytest
+
+from exporter.redaction import RedactingFilter, redact_url, secrets_of_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secrets"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", ()),
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0", ("s3cret",)),
+        ("rediss://app:p%40ss@host/1", "rediss://app:***@host/1", ("p%40ss", "p@ss")),
+        ("redis://user@host", "redis://user@host", ()),
+    ],
+)
+def test_redact_url(url, shown, secrets):
+    assert redact_url(url) == shown
+    assert secrets_of_url(url) == secrets
+
+
+def test_filter_scrubs_message_args_and_tracebacks():
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "login %s failed", ("s3cret",), None)
+    try:
+        raise ValueError("bad password s3cret")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    RedactingFilter(("s3cret",)).filter(record)
+    assert record.getMessage() == "login *** failed"
+    assert "s3cret" not in record.exc_text
+    assert "bad password ***" in record.exc_text
