@@ -12,7 +12,7 @@ from typing import Any
 
 from exporter.messages import PUBLISHED_AT_HEADER
 
-_DISPATCH_UID = "taskqueue-autoscaler.instrument_celery"
+DISPATCH_UID = "taskqueue-autoscaler.instrument_celery"
 
 
 def stamp_headers(headers: dict[str, Any] | None, clock: Callable[[], float] = time.time) -> None:
@@ -35,4 +35,4 @@ def instrument_celery(app: object | None = None) -> None:
     """
     from celery.signals import before_task_publish
 
-    before_task_publish.connect(_on_publish, weak=False, dispatch_uid=_DISPATCH_UID)
+    before_task_publish.connect(_on_publish, weak=False, dispatch_uid=DISPATCH_UID)

@@ -33,7 +33,7 @@ from exporter.snapshot import BrokerSnapshot, QueueSnapshot, Unparseable
 
 log = logging.getLogger(__name__)
 
-SCAN_COUNT = 1000
+SCAN_COUNT = 5000
 DEFAULT_UNACKED_BATCH = 1000
 # After the tail (LINDEX -1), look this many more messages deep per round for
 # the oldest due task; past the last window the age is a lower bound.

@@ -25,11 +25,11 @@ def create_app(broker_url: str, transport_options: dict[str, Any] | None = None)
         worker_hijack_root_logger=False,
     )
 
-    @app.task(name="tests.add")
+    @app.task(name="tests.add", shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="tests.wait_for_key")
+    @app.task(name="tests.wait_for_key", shared=False)
     def wait_for_key(key: str, timeout: float = 60.0) -> None:
         # Holds the worker until the test sets `key`, so the test controls
         # exactly what is running and what stays prefetched.

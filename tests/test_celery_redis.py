@@ -1,0 +1,334 @@
+"""The exporter against real Redis with messages made by real Celery producers and workers."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+import zlib
+from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from celery.signals import before_task_publish
+from kombu import Exchange, Queue, pools
+
+from exporter import instrument_celery
+from exporter import metric_names as m
+from exporter.celery_hook import DISPATCH_UID
+from exporter.cli import build_collector
+from exporter.collector import QueueCollector
+from exporter.config import parse_config
+from tests.celery_app import create_app
+from tests.scrape import Samples, collect, series, value
+from tests.services import RedisServer, wait_for
+from tests.workers import celery_worker
+
+TEN_STEPS = {"priority_steps": list(range(10))}
+TEN_STEPS_FLAG = ["--broker-transport-option", "priority_steps=0,1,2,3,4,5,6,7,8,9"]
+
+
+class Clock:
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def exporter(server: RedisServer, *flags: str, clock: Callable[[], float] = time.time
+             ) -> QueueCollector:
+    config = parse_config(["--broker-url", server.url, "--discovery-interval", "0", *flags], {})
+    return build_collector(config, redis.Redis.from_url(server.url), clock)
+
+
+def celery_value(samples: Samples, spec: m.MetricSpec, queue: str) -> float | None:
+    return value(samples, spec.name, system="celery", queue=queue)
+
+
+@pytest.fixture
+def stamped() -> Iterator[None]:
+    instrument_celery()
+    yield
+    before_task_publish.disconnect(dispatch_uid=DISPATCH_UID)
+
+
+@pytest.fixture
+def make_app(redis_client: redis.Redis, redis_server: RedisServer) -> Iterator[Callable[..., Celery]]:
+    apps: list[Celery] = []
+
+    def make(transport_options: dict | None = None) -> Celery:
+        app = create_app(redis_server.url, transport_options)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+    # kombu's producer pools are global and remember which queues they declared;
+    # after the next test's FLUSHALL they would not declare them again.
+    pools.reset()
+
+
+def delete_queue(app: Celery, name: str) -> None:
+    """Delete a queue as kombu does: its binding goes, then its lists."""
+    with app.connection_for_write() as connection:
+        queue = Queue(name, Exchange(name), routing_key=name)(connection.default_channel)
+        queue.declare()
+        queue.delete()
+
+
+def add(app: Celery):
+    return app.tasks["tests.add"]
+
+
+@pytest.mark.parametrize(
+    ("options", "flags", "sublists"),
+    [({}, [], 4), (TEN_STEPS, TEN_STEPS_FLAG, 10)],
+    ids=["4-steps", "10-steps"],
+)
+def test_depth_sums_every_priority_sublist(make_app, redis_server, redis_client, options, flags,
+                                           sublists):
+    app = make_app(options)
+    for priority in range(10):
+        for _ in range(priority + 1):
+            add(app).apply_async((1, 2), priority=priority)
+    add(app).apply_async((1, 2), queue="emails", priority=9)
+
+    samples = collect(exporter(redis_server, *flags))
+
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 55
+    assert celery_value(samples, m.QUEUE_DEPTH, "emails") == 1
+    # The bare list holds only the lowest step: a plain LLEN, as peers do, misses the rest.
+    assert redis_client.llen("celery") < 55
+    assert len([k for k in redis_client.keys("celery*")]) == sublists
+
+
+def test_oldest_age_is_the_oldest_stamped_task_across_sublists(make_app, redis_server, stamped):
+    app = make_app(TEN_STEPS)
+    before = time.time()
+    add(app).apply_async((1, 2), priority=7)
+    after = time.time()
+    for priority in (0, 3, 9):
+        add(app).apply_async((1, 2), priority=priority)
+    clock = Clock(after + 100.0)
+
+    samples = collect(exporter(redis_server, *TEN_STEPS_FLAG, clock=clock))
+
+    age = celery_value(samples, m.OLDEST_TASK_AGE, "celery")
+    assert clock.now - after <= age <= clock.now - before
+
+
+def test_global_keyprefix_keeps_apps_apart(make_app, redis_server, redis_client):
+    tenant = make_app({"global_keyprefix": "tenant1:", **TEN_STEPS})
+    plain = make_app()
+    for priority in (0, 5, 9):
+        add(tenant).apply_async((1, 2), priority=priority, queue="work")
+    add(plain).apply_async((1, 2), queue="work")
+
+    prefixed = collect(exporter(
+        redis_server, "--broker-transport-option", "global_keyprefix=tenant1:", *TEN_STEPS_FLAG))
+    unprefixed = collect(exporter(redis_server))
+
+    assert celery_value(prefixed, m.QUEUE_DEPTH, "work") == 3
+    assert celery_value(unprefixed, m.QUEUE_DEPTH, "work") == 1
+    assert redis_client.exists("tenant1:_kombu.binding.work")
+
+
+def test_future_eta_tasks_are_skipped_for_age(make_app, redis_server, stamped):
+    app = make_app()
+    # 40 ETA tasks at the oldest end: past the first walk window of 32.
+    for _ in range(40):
+        add(app).apply_async((1, 2), countdown=3600)
+    before = time.time()
+    add(app).apply_async((1, 2))
+    after = time.time()
+    for _ in range(3):
+        add(app).apply_async((1, 2), queue="later", eta=datetime.now(UTC) + timedelta(seconds=600))
+    clock = Clock(after + 30.0)
+
+    samples = collect(exporter(redis_server, clock=clock))
+
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 41
+    assert clock.now - after <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
+        clock.now - before)
+    assert celery_value(samples, m.QUEUE_DEPTH, "later") == 3
+    assert celery_value(samples, m.OLDEST_TASK_AGE, "later") == 0.0
+
+
+def test_unstamped_task_age_counts_from_first_sight(make_app, redis_server):
+    app = make_app()
+    add(app).apply_async((1, 2))
+    clock = Clock(2_000_000_000.0)
+    collector = exporter(redis_server, clock=clock)
+
+    assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") == 0.0
+    clock.now += 42.0
+    assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") == 42.0
+
+
+def test_pickled_and_compressed_celery_tasks_still_give_age(make_app, redis_server, stamped):
+    app = make_app()
+    app.conf.accept_content = ["json", "pickle"]
+    before = time.time()
+    add(app).apply_async((1, 2), serializer="pickle", compression="zlib")
+    clock = Clock(before + 10.0)
+
+    samples = collect(exporter(redis_server, clock=clock))
+
+    assert 9.0 <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= 10.0
+    assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
+                 queue="celery") is None
+
+
+def test_empty_queue_reports_zero(make_app, redis_server, redis_client):
+    app = make_app()
+    add(app).apply_async((1, 2))
+    redis_client.delete("celery")  # what a worker's BRPOP of the last message leaves
+
+    samples = collect(exporter(redis_server))
+
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 0
+    assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
+
+
+def test_bad_messages_count_in_depth_and_never_break_a_scrape(make_app, redis_server,
+                                                              redis_client, stamped):
+    app = make_app()
+    before = time.time()
+    add(app).apply_async((1, 2))  # the one good, oldest-but-for-the-garbage message
+    good = redis_client.lpop("celery")
+    now = time.time()
+    envelope = json.loads(good)
+    no_headers = {k: v for k, v in envelope.items() if k != "headers"}
+    garbage_stamp = {**envelope, "headers": {**envelope["headers"], "taskqueue_published_at": "x"}}
+    future_stamp = {**envelope, "headers": {**envelope["headers"],
+                                            "taskqueue_published_at": now + 86400}}
+    huge = {**envelope, "body": "A" * (10 * 1024 * 1024)}
+    bad = [
+        b"this is not json",
+        pickle.dumps(envelope),
+        zlib.compress(good),
+        json.dumps(no_headers).encode(),
+        json.dumps(garbage_stamp).encode(),
+        json.dumps(future_stamp).encode(),
+        json.dumps(huge).encode(),
+    ]
+    # RPUSH puts them at the oldest end, ahead of the good message.
+    redis_client.lpush("celery", good)
+    redis_client.rpush("celery", *bad)
+    clock = Clock(now + 5.0)
+    collector = exporter(redis_server, clock=clock)
+
+    first, second = collect(collector), collect(collector)
+
+    for samples in (first, second):
+        assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
+        assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 8
+        assert clock.now - now <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
+            clock.now - before)
+        # Each broken message counts once, however many scrapes see it.
+        assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
+                     queue="celery") == len(bad)
+
+
+def test_a_key_of_the_wrong_type_does_not_break_the_scrape(make_app, redis_server, redis_client):
+    app = make_app()
+    add(app).apply_async((1, 2), queue="good")
+    add(app).apply_async((1, 2), queue="broken")
+    redis_client.delete("broken")
+    redis_client.set("broken", "a string where a list should be")
+
+    samples = collect(exporter(redis_server))
+
+    assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
+    assert celery_value(samples, m.QUEUE_DEPTH, "good") == 1
+    assert celery_value(samples, m.QUEUE_DEPTH, "broken") == 0
+
+
+def test_queues_appear_and_disappear_without_restart(make_app, redis_server):
+    app = make_app()
+    collector = exporter(redis_server, "--queue", "always")
+    add(app).apply_async((1, 2))
+    samples = collect(collector)
+    assert set(series(samples, m.QUEUE_DEPTH.name)) == {
+        frozenset({("system", "celery"), ("queue", "celery")}),
+        frozenset({("system", "celery"), ("queue", "always")}),
+    }
+
+    add(app).apply_async((1, 2), queue="reports")
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "reports") == 1
+
+    delete_queue(app, "reports")
+    samples = collect(collector)
+    assert celery_value(samples, m.QUEUE_DEPTH, "reports") is None
+    assert celery_value(samples, m.QUEUE_DEPTH, "always") == 0  # listed: kept even when absent
+
+
+def test_discovery_interval_delays_new_queues_but_not_gone_ones(make_app, redis_server):
+    app = make_app()
+    clock = Clock(1_000_000.0)
+    config = parse_config(["--broker-url", redis_server.url, "--discovery-interval", "30"], {})
+    collector = build_collector(config, redis.Redis.from_url(redis_server.url), clock)
+    add(app).apply_async((1, 2), queue="a")
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "a") == 1
+
+    add(app).apply_async((1, 2), queue="b")
+    clock.now += 10
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "b") is None
+    clock.now += 20
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "b") == 1
+
+    delete_queue(app, "a")
+    clock.now += 1
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "a") is None
+
+
+def test_excluded_queues_are_not_exported(make_app, redis_server):
+    app = make_app()
+    add(app).apply_async((1, 2), queue="tmp.1")
+    add(app).apply_async((1, 2), queue="keep")
+
+    samples = collect(exporter(redis_server, "--exclude-queue", "tmp.*"))
+
+    assert {dict(labels)["queue"] for labels in series(samples, m.QUEUE_DEPTH.name)} == {"keep"}
+
+
+def test_unacked_and_scheduled_after_a_real_worker_prefetches(make_app, redis_server,
+                                                              redis_client, tmp_path: Path):
+    app = make_app()
+    app.tasks["tests.wait_for_key"].apply_async(("release",))
+    for i in range(9):
+        add(app).apply_async((i, i))
+    add(app).apply_async((1, 1), countdown=600)
+    collector = exporter(redis_server)
+    worker = celery_worker(redis_server.url, tmp_path / "worker.log")
+    try:
+        # One running (acks_late) and three prefetched: prefetch multiplier 4 x concurrency 1.
+        samples = wait_for(
+            lambda: (s := collect(collector))
+            and celery_value(s, m.TASKS_UNACKED, "celery") == 4 and s,
+            what="the worker to hold 4 tasks",
+        )
+        assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 7
+        assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 0
+        # The worker's remote-control queue is Celery plumbing, not a task queue.
+        wait_for(lambda: redis_client.exists("_kombu.binding.celery.pidbox"), what="pidbox")
+        queues = series(collect(collector), m.QUEUE_DEPTH.name)
+        assert [dict(k)["queue"] for k in queues] == ["celery"]
+
+        redis_client.set("release", 1)
+        # What is left: the ETA task, held by the worker until it is due.
+        samples = wait_for(
+            lambda: (s := collect(collector))
+            and celery_value(s, m.QUEUE_DEPTH, "celery") == 0
+            and celery_value(s, m.TASKS_UNACKED, "celery") == 1 and s,
+            what="the worker to finish all but the ETA task",
+        )
+        assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 1
+    finally:
+        redis_client.set("release", 1)
+        worker.stop()
