@@ -17,8 +17,8 @@ SEP = "\x06\x16"
     [
         (CeleryRedisLayout(), ("q", f"q{SEP}3", f"q{SEP}6", f"q{SEP}9")),
         (CeleryRedisLayout(priority_steps=(0,)), ("q",)),
-        (CeleryRedisLayout(priority_steps=tuple(range(10))), ("q",) + tuple(
-            f"q{SEP}{n}" for n in range(1, 10))),
+        (CeleryRedisLayout(priority_steps=tuple(range(10))),
+         ("q", *(f"q{SEP}{n}" for n in range(1, 10)))),
         (CeleryRedisLayout(sep=":", global_keyprefix="app1:"), (
             "app1:q", "app1:q:3", "app1:q:6", "app1:q:9")),
     ],
@@ -78,7 +78,8 @@ def test_routing_maps_exchange_and_key_to_queue():
     ("options", "expected"),
     [
         ({}, CeleryRedisLayout()),
-        ({"priority_steps": "0,1,2,3,4,5,6,7,8,9"}, CeleryRedisLayout(priority_steps=tuple(range(10)))),
+        ({"priority_steps": "0,1,2,3,4,5,6,7,8,9"},
+         CeleryRedisLayout(priority_steps=tuple(range(10)))),
         ({"priority_steps": "[0, 5]"}, CeleryRedisLayout(priority_steps=(0, 5))),
         ({"sep": r"\x06\x16"}, CeleryRedisLayout(sep=SEP)),
         ({"sep": ":"}, CeleryRedisLayout(sep=":")),
@@ -93,7 +94,8 @@ def test_layout_from_options(options, expected):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"priority_steps": "a,b"}, "priority_steps: must be ascending integers >= 0 like 0,3,6,9 (got 'a,b')"),
+        ({"priority_steps": "a,b"},
+         "priority_steps: must be ascending integers >= 0 like 0,3,6,9 (got 'a,b')"),
         ({"priority_steps": "3,1"}, "priority_steps: must be ascending"),
         ({"priority_steps": "0,0"}, "priority_steps: must be ascending"),
         ({"priority_steps": "-1,2"}, "priority_steps: must be ascending"),

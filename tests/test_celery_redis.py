@@ -6,8 +6,8 @@ import json
 import pickle
 import time
 import zlib
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,9 @@ def stamped() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_app(redis_client: redis.Redis, redis_server: RedisServer) -> Iterator[Callable[..., Celery]]:
+def make_app(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> Iterator[Callable[..., Celery]]:
     apps: list[Celery] = []
 
     def make(transport_options: dict | None = None) -> Celery:

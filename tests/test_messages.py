@@ -57,7 +57,8 @@ def test_parse_celery_message_reads_fields(headers, task_id, published_at, eta):
 
 
 def test_future_eta_is_not_due_and_past_eta_is():
-    future = parse_celery_message(raw(envelope({"id": "a", "eta": "2030-01-01T00:00:00Z"})), NOW, MAX)
+    future = parse_celery_message(
+        raw(envelope({"id": "a", "eta": "2030-01-01T00:00:00Z"})), NOW, MAX)
     past = parse_celery_message(raw(envelope({"id": "a", "eta": "2020-01-01T00:00:00Z"})), NOW, MAX)
     assert not future.is_due(NOW)
     assert past.is_due(NOW)

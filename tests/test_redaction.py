@@ -20,7 +20,8 @@ def test_redact_url(url, shown, secrets):
 
 
 def test_filter_scrubs_message_args_and_tracebacks():
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "login %s failed", ("s3cret",), None)
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "login %s failed", ("s3cret",), None)
     try:
         raise ValueError("bad password s3cret")
     except ValueError:
