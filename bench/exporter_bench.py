@@ -308,7 +308,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def running(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A child process that is stopped (SIGTERM, then SIGKILL) whatever happens."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        # Own session: a Ctrl-C reaches only the benchmark, which then stops the child.
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         yield proc
     finally:
@@ -560,7 +562,8 @@ def _verdict(ok: bool) -> str:
 def _trips_line(t: RoundTrips) -> str:
     rest = ", ".join(f"{n} {name}" for name, n in sorted(t.by_command.items()) if name != "HSCAN")
     return (f"  {t.queues:>5} queues: {t.total:>3} round trips = {t.hscan} HSCAN batches "
-            f"(unacked hash, batch {DEFAULT_HSCAN_BATCH}) + {t.total - t.hscan} other ({rest})")
+            f"(unacked hash, batch {DEFAULT_HSCAN_BATCH}) + {t.total - t.hscan} other "
+            f"(by first command: {rest})")
 
 
 def render(report: Report) -> str:
@@ -638,8 +641,14 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # SIGTERM (e.g. make being stopped) unwinds like Ctrl-C, so the children are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     if not os.access(EXPORTER_BIN, os.X_OK):
         print(f"exporter_bench: {EXPORTER_BIN} not found; install the package into .venv",
               file=sys.stderr)
@@ -655,6 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(render(report))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     return 0
 

@@ -13,7 +13,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -28,7 +27,7 @@ from exporter.messages import (
     parse_unacked_entry,
     routing_of_unacked,
 )
-from exporter.pipeline import as_int, as_value, run_pipeline
+from exporter.pipeline import PackedBatch, as_int, as_value, run_pipeline
 from exporter.snapshot import BrokerSnapshot, QueueSnapshot, Unparseable
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,21 @@ WALK_WINDOWS = (32, 1024)
 UNKNOWN_QUEUE = "(unknown)"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Sublist:
     queue: str
     key: str
     depth: int
     examined: int = 0
     due: CeleryMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unacked:
+    routing: tuple[str, str] | None  # exchange, routing key
+    eta: float | None
+    problem: str | None
+    fingerprint: bytes
 
 
 class CeleryRedisReader:
@@ -80,6 +87,11 @@ class CeleryRedisReader:
         self._explicit_binding_keys = tuple(layout.binding_key(q) for q in self._explicit)
         self._binding_keys: tuple[str, ...] = self._explicit_binding_keys
         self._scanned_at = -math.inf
+        self._batch: PackedBatch | None = None
+        self._batch_keys: list[tuple[str, str]] = []
+        self._unacked_seen: dict[bytes, _Unacked] = {}
+        self._bindings_batch: PackedBatch | None = None
+        self._bindings_batch_keys: tuple[str, ...] = ()
 
     def read(self, now: float) -> BrokerSnapshot:
         bindings = self._read_bindings(now)
@@ -111,7 +123,10 @@ class CeleryRedisReader:
             self._binding_keys = tuple(sorted(found | set(self._explicit_binding_keys)))
             self._scanned_at = now
         keys = self._binding_keys
-        results = run_pipeline(self._client, lambda p: [p.smembers(k) for k in keys])
+        if self._bindings_batch is None or self._bindings_batch_keys != keys:
+            self._bindings_batch_keys = keys
+            self._bindings_batch = PackedBatch([("SMEMBERS", k) for k in keys])
+        results = self._bindings_batch.run(self._client)
         bindings: list[Binding] = []
         alive: list[str] = []
         for key, members in zip(keys, results, strict=True):
@@ -146,28 +161,34 @@ class CeleryRedisReader:
         self, queues: list[str], now: float, unparseable: list[Unparseable]
     ) -> tuple[dict[str, int], dict[str, float]]:
         keyed = [(q, key) for q in queues for key in self._layout.sublist_keys(q)]
-
-        def build(pipe: Any) -> None:
-            for _, key in keyed:
-                pipe.llen(key)
-                pipe.lindex(key, -1)
-
-        results = run_pipeline(self._client, build)
+        if self._batch is None or self._batch_keys != keyed:
+            self._batch_keys = keyed
+            self._batch = PackedBatch(
+                [cmd for _, key in keyed for cmd in (("LLEN", key), ("LINDEX", key, -1))]
+            )
+        results = self._batch.run(self._client)
         sublists: list[_Sublist] = []
         depth = dict.fromkeys(queues, 0)
-        for i, (queue, key) in enumerate(keyed):
-            length = as_int(results[2 * i], key)
+        # The hot loop of a scrape (one pass per sub-list): kept flat.
+        for (queue, key), length, head in zip(
+            keyed, results[0::2], results[1::2], strict=True
+        ):
+            if type(length) is not int:
+                length = as_int(length, key)
+            if not length:
+                continue
             depth[queue] += length
             sub = _Sublist(queue=queue, key=key, depth=length)
-            head = as_value(results[2 * i + 1], key)
-            if length and head is not None:
-                self._examine(sub, [head], now, unparseable)
+            if type(head) is bytes:
+                self._examine(sub, (head,), now, unparseable)
+            else:
+                as_value(head, key)
             sublists.append(sub)
         self._walk(sublists, now, unparseable)
         return depth, self._oldest(sublists, now)
 
     def _examine(
-        self, sub: _Sublist, raws: list[bytes], now: float, unparseable: list[Unparseable]
+        self, sub: _Sublist, raws: Sequence[bytes], now: float, unparseable: list[Unparseable]
     ) -> None:
         """Look at messages from oldest to newest until one is due."""
         for raw in raws:
@@ -197,7 +218,7 @@ class CeleryRedisReader:
             for sub, chunk in zip(pending, chunks, strict=True):
                 chunk = as_value(chunk, sub.key) or []
                 # LRANGE lists newest first; walk from the oldest end.
-                self._examine(sub, list(reversed(chunk)), now, unparseable)
+                self._examine(sub, chunk[::-1], now, unparseable)
                 if not chunk:
                     sub.examined = sub.depth
 
@@ -224,32 +245,34 @@ class CeleryRedisReader:
         self, routing: Routing, queues: set[str], now: float, unparseable: list[Unparseable]
     ) -> tuple[dict[str, int], dict[str, int]]:
         # HSCAN may return a field twice while Redis rehashes: key by delivery tag.
-        entries: dict[bytes, tuple[str, bool]] = {}
+        # A tag's value never changes (kombu writes it once per delivery), so
+        # what was parsed in the last scrape is reused.
+        previous, current = self._unacked_seen, {}
         for tag, raw in self._client.hscan_iter(
             self._layout.unacked_hash, count=self._unacked_batch
         ):
-            entries[tag] = self._unacked_entry(raw, routing, now, unparseable)
+            current[tag] = previous.get(tag) or self._parse_unacked(raw, now)
+        self._unacked_seen = current
         unacked: dict[str, int] = {}
         scheduled: dict[str, int] = {}
-        for queue, is_scheduled in entries.values():
+        for entry in current.values():
+            queue = routing.queue_for(*entry.routing) if entry.routing else UNKNOWN_QUEUE
+            if entry.problem is not None:
+                unparseable.append(Unparseable("celery", queue, entry.fingerprint, entry.problem))
             if queue not in queues:
                 continue
             unacked[queue] = unacked.get(queue, 0) + 1
-            if is_scheduled:
+            if entry.eta is not None and entry.eta > now:
                 scheduled[queue] = scheduled.get(queue, 0) + 1
         return unacked, scheduled
 
-    def _unacked_entry(
-        self, raw: bytes, routing: Routing, now: float, unparseable: list[Unparseable]
-    ) -> tuple[str, bool]:
+    def _parse_unacked(self, raw: bytes, now: float) -> _Unacked:
         try:
             entry = parse_unacked_entry(raw, now, self._max_bytes)
         except MessageError as error:
             try:
-                queue = routing.queue_for(*routing_of_unacked(raw))
+                routing: tuple[str, str] | None = routing_of_unacked(raw)
             except MessageError:
-                queue = UNKNOWN_QUEUE
-            unparseable.append(Unparseable("celery", queue, fingerprint(raw), str(error)))
-            return queue, False
-        queue = routing.queue_for(entry.exchange, entry.routing_key)
-        return queue, entry.eta is not None and entry.eta > now
+                routing = None
+            return _Unacked(routing, None, str(error), fingerprint(raw))
+        return _Unacked((entry.exchange, entry.routing_key), entry.eta, None, b"")

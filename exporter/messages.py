@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 # The header instrument_celery() stamps at publish time: epoch seconds (float).
 PUBLISHED_AT_HEADER = "taskqueue_published_at"
 
@@ -60,19 +62,25 @@ def _load_json(raw: bytes, max_bytes: int) -> Any:
     if len(raw) > max_bytes:
         raise MessageError(f"larger than {max_bytes} bytes")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        # orjson: three times json's speed, and every scrape parses the head of
+        # every sub-list and every unacked entry.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise MessageError("not JSON") from None
 
 
 def parse_epoch(value: object, now: float) -> float:
     """A publish timestamp in epoch seconds, checked for plausibility."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    kind = type(value)
+    if kind is float or kind is int:  # exact types: bool is an int, and rejected below
+        stamp = float(value)  # type: ignore[arg-type]
+    elif kind is str:
+        try:
+            stamp = float(value)  # type: ignore[arg-type]
+        except ValueError:
+            raise MessageError("timestamp is not a number") from None
+    else:
         raise MessageError("timestamp is not a number")
-    try:
-        stamp = float(value)
-    except ValueError:
-        raise MessageError("timestamp is not a number") from None
     if not math.isfinite(stamp) or stamp < MIN_TIMESTAMP:
         raise MessageError("timestamp out of range")
     if stamp > now + MAX_CLOCK_SKEW:

@@ -36,3 +36,41 @@ def as_value(value: Any, key: bytes | str) -> Any:
         log.warning("cannot read %r: %s", key, value)
         return None
     return value
+
+
+class PackedBatch:
+    """A fixed list of read commands, encoded once and sent in one round trip.
+
+    For the per-scrape read of every queue's sub-lists (tens of thousands of
+    commands): redis-py's pipeline re-encodes every command and runs Python
+    callbacks per reply on each execute, which costs more than Redis itself.
+    The command list changes only when the set of queues does.
+    """
+
+    def __init__(self, commands: list[tuple[str | bytes | int, ...]]) -> None:
+        self.commands = commands
+        self._packed: list[bytes] | None = None
+
+    def run(self, client: redis.Redis) -> list[Any]:
+        if not self.commands:
+            return []
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        try:
+            if self._packed is None:
+                self._packed = connection.pack_commands(self.commands)
+            connection.send_packed_command(self._packed)
+            replies: list[Any] = []
+            for _ in self.commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as error:
+                    # The reply is consumed; the connection stays in step.
+                    replies.append(error)
+            return replies
+        except BaseException:
+            # Replies may be left unread: never hand this connection out again.
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)

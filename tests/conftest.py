@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from kombu import pools
 
 from tests.services import RedisServer
 
@@ -20,6 +21,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis_server.client()
     client.flushall()
+    # kombu's producer pools are global and remember which queues they have
+    # declared; after a FLUSHALL they must declare them again.
+    pools.reset()
     yield client
     client.close()
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 from celery.signals import before_task_publish
-from kombu import Exchange, Queue, pools
+from kombu import Exchange, Queue
 
 from exporter import instrument_celery
 from exporter import metric_names as m
@@ -70,9 +70,6 @@ def make_app(
     yield make
     for app in apps:
         app.close()
-    # kombu's producer pools are global and remember which queues they declared;
-    # after the next test's FLUSHALL they would not declare them again.
-    pools.reset()
 
 
 def delete_queue(app: Celery, name: str) -> None:
