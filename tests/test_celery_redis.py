@@ -331,3 +331,28 @@ def test_unacked_and_scheduled_after_a_real_worker_prefetches(make_app, redis_se
     finally:
         redis_client.set("release", 1)
         worker.stop()
+
+
+def test_broken_unacked_entries_still_count_where_they_can(make_app, redis_server,
+                                                          redis_client):
+    app = make_app()
+    add(app).apply_async((1, 2))
+    good = json.loads(redis_client.rpop("celery"))
+    no_headers = {k: v for k, v in good.items() if k != "headers"}
+    future_eta = {**good, "headers": {**good["headers"], "eta": "2999-01-01T00:00:00+00:00"}}
+    redis_client.hset("unacked", mapping={
+        "tag-good": json.dumps([good, "", "celery"]),
+        "tag-eta": json.dumps([future_eta, "", "celery"]),
+        "tag-no-headers": json.dumps([no_headers, "", "celery"]),
+        "tag-garbage": b"\x00 not an unacked entry",
+    })
+    collector = exporter(redis_server)
+
+    for samples in (collect(collector), collect(collector)):
+        assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
+        # The entry without headers still counts: its routing is at the end of the entry.
+        assert celery_value(samples, m.TASKS_UNACKED, "celery") == 3
+        assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 1
+        assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 1
+        assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
+                     queue="(unknown)") == 1
