@@ -37,6 +37,9 @@ DEFAULT_UNACKED_BATCH = 1000
 # After the tail (LINDEX -1), look this many more messages deep per round for
 # the oldest due task; past the last window the age is a lower bound.
 WALK_WINDOWS = (32, 1024)
+# Behind a message over --max-message-bytes, walk in small steps: its
+# neighbours are likely as large, and each window is read whole.
+OVERSIZED_WINDOW = 4
 # Unacked entries whose routing cannot be read at all.
 UNKNOWN_QUEUE = "(unknown)"
 
@@ -48,6 +51,7 @@ class _Sublist:
     depth: int
     examined: int = 0
     due: CeleryMessage | None = None
+    oversized: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,14 @@ class CeleryRedisReader:
         self._bindings_batch_keys: tuple[str, ...] = ()
 
     def read(self, now: float) -> BrokerSnapshot:
+        try:
+            return self._read(now)
+        except BaseException:
+            # A restarted or flushed Redis may come back with other queues.
+            self._scanned_at = -math.inf
+            raise
+
+    def _read(self, now: float) -> BrokerSnapshot:
         bindings = self._read_bindings(now)
         queues = self._queue_names(bindings)
         unparseable: list[Unparseable] = []
@@ -144,8 +156,10 @@ class CeleryRedisReader:
                 binding = parse_binding_member(exchange, text, self._layout.sep)
                 if binding is not None and not binding.is_internal:
                     bindings.append(binding)
-        # A binding set that vanished means its queue was deleted: stop reading
-        # it until a later discovery finds it again.
+        # A binding set that vanished means its queue was deleted (or Redis was
+        # flushed): stop reading it, and look for what exists now at the next scrape.
+        if set(keys) - set(alive) - set(self._explicit_binding_keys):
+            self._scanned_at = -math.inf
         self._binding_keys = tuple(dict.fromkeys(alive + list(self._explicit_binding_keys)))
         return bindings
 
@@ -193,6 +207,8 @@ class CeleryRedisReader:
         """Look at messages from oldest to newest until one is due."""
         for raw in raws:
             sub.examined += 1
+            if len(raw) > self._max_bytes:
+                sub.oversized = True
             try:
                 message = parse_celery_message(raw, now, self._max_bytes)
             except MessageError as error:
@@ -212,7 +228,12 @@ class CeleryRedisReader:
             chunks = run_pipeline(
                 self._client,
                 lambda pipe, pending=pending, window=window: [
-                    pipe.lrange(s.key, -(s.examined + window), -(s.examined + 1)) for s in pending
+                    pipe.lrange(
+                        s.key,
+                        -(s.examined + (OVERSIZED_WINDOW if s.oversized else window)),
+                        -(s.examined + 1),
+                    )
+                    for s in pending
                 ],
             )
             for sub, chunk in zip(pending, chunks, strict=True):

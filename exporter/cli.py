@@ -48,7 +48,9 @@ def build_collector(
         exclude=config.exclude_queues,
         max_message_bytes=config.max_message_bytes,
     )
-    rq = RQReader(client, queues=config.rq_queues, discover=config.discover)
+    rq = RQReader(
+        client, queues=config.rq_queues, discover=config.discover, exclude=config.exclude_queues
+    )
     return QueueCollector([celery, rq], clock=clock)
 
 
@@ -79,10 +81,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     _configure_logging(config.log_level, secrets)
     shown_url = redact_url(config.broker_url)
 
-    client = connect(config)
     try:
+        client = connect(config)
         client.ping()
-    except redis.RedisError as error:
+    except (ValueError, redis.RedisError) as error:
         return _fail(f"cannot connect to the broker at {shown_url}: {error}", secrets)
 
     registry = CollectorRegistry(auto_describe=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -46,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="taskqueue-exporter",
         description="Prometheus exporter for Celery and RQ queues on Redis. "
         f"Every flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}BROKER_URL); "
-        "repeatable flags take a space-separated list there.",
+        "repeatable flags take a whitespace-separated list there.",
     )
     p.add_argument("--broker-url", help="redis://[:password@]host:port/db (required)")
     p.add_argument(
@@ -110,7 +109,8 @@ def _from_environment(
             setattr(args, action.dest, _truthy(name, raw))
             continue
         try:
-            values = shlex.split(raw) if isinstance(action, argparse._AppendAction) else [raw]
+            # Whitespace only: shell-style quoting would eat the backslashes of sep=\x06\x16.
+            values = raw.split() if isinstance(action, argparse._AppendAction) else [raw]
             converted = [action.type(v) if action.type else v for v in values]  # type: ignore[operator]
         except ValueError:
             raise ConfigError(f"{name}: invalid value {raw!r}") from None

@@ -155,8 +155,12 @@ def parse_unacked_entry(raw: bytes, now: float, max_bytes: int) -> UnackedEntry:
     envelope, exchange, routing_key = entry
     if not (isinstance(exchange, str) and isinstance(routing_key, str)):
         raise MessageError("not an unacked entry")
-    message = _celery_fields(envelope, now)
-    return UnackedEntry(exchange=exchange, routing_key=routing_key, eta=message.eta)
+    # Only the ETA matters here: a bad publish stamp must not hide it.
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    if not isinstance(headers, dict):
+        raise MessageError("no headers")
+    eta = headers.get("eta")
+    return UnackedEntry(exchange, routing_key, None if eta is None else parse_iso_time(eta))
 
 
 def routing_of_unacked(raw: bytes) -> tuple[str, str]:

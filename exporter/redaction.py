@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 MASK = "***"
 
@@ -15,20 +15,30 @@ def redact_url(url: str) -> str:
         password = parts.password
     except ValueError:
         return MASK
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    if password:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        # redis-py also takes the password as a query parameter.
+        masked = [(k, MASK if k == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    # Not urlunsplit: it turns unix:///path into unix:/path.
+    query = f"?{parts.query}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
 
 
 def secrets_of_url(url: str) -> tuple[str, ...]:
     try:
-        password = urlsplit(url).password
+        parts = urlsplit(url)
+        passwords = [parts.password or ""]
     except ValueError:
         return ()
+    passwords += [v for k, v in parse_qsl(parts.query) if k == "password"]
     # redis-py percent-decodes the password, so either spelling may show up in an error.
-    return tuple(dict.fromkeys((password, unquote(password)))) if password else ()
+    return tuple(dict.fromkeys(s for p in passwords if p for s in (p, unquote(p))))
 
 
 class RedactingFilter(logging.Filter):

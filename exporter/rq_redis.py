@@ -7,6 +7,7 @@ Three round trips per scrape whatever the number of queues.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,11 +27,17 @@ class RQReader:
     system = "rq"
 
     def __init__(
-        self, client: redis.Redis, *, queues: Sequence[str] = (), discover: bool = True
+        self,
+        client: redis.Redis,
+        *,
+        queues: Sequence[str] = (),
+        discover: bool = True,
+        exclude: Sequence[str] = (),
     ) -> None:
         self._client = client
         self._explicit = tuple(dict.fromkeys(queues))
         self._discover = discover
+        self._exclude = tuple(exclude)
 
     def read(self, now: float) -> BrokerSnapshot:
         queues = self._queue_names()
@@ -39,14 +46,15 @@ class RQReader:
             for q in queues:
                 pipe.llen(QUEUE_PREFIX + q)
                 pipe.lrange(QUEUE_PREFIX + q, 0, HEAD_JOBS - 1)
-                # Entries whose score (deadline or expiry) has passed are what
-                # RQ's cleanup would remove; leave them out without cleaning up.
-                pipe.zcount(f"rq:wip:{q}", f"({now}", "+inf")
-                pipe.zcount(f"rq:failed:{q}", f"({now}", "+inf")
+                # RQ's cleanup removes entries scored in [0, now] (deadline or
+                # expiry passed); -1 means "keep forever". Count the rest, read-only.
+                for registry in ("wip", "failed"):
+                    pipe.zcount(f"rq:{registry}:{q}", "-inf", "(0")
+                    pipe.zcount(f"rq:{registry}:{q}", f"({now}", "+inf")
                 pipe.zcard(f"rq:scheduled:{q}")
 
         results = run_pipeline(self._client, build)
-        rows = [results[i * 5:(i + 1) * 5] for i in range(len(queues))]
+        rows = [results[i * 7:(i + 1) * 7] for i in range(len(queues))]
         heads = [
             [job_id.decode("utf-8", "replace") for job_id in (as_value(row[1], q) or [])]
             for q, row in zip(queues, rows, strict=True)
@@ -73,9 +81,9 @@ class RQReader:
                     queue=q,
                     depth=as_int(row[0], q),
                     oldest_enqueued_at=oldest,
-                    started=as_int(row[2], q),
-                    failed=as_int(row[3], q),
-                    scheduled=as_int(row[4], q),
+                    started=as_int(row[2], q) + as_int(row[3], q),
+                    failed=as_int(row[4], q) + as_int(row[5], q),
+                    scheduled=as_int(row[6], q),
                 )
             )
         return BrokerSnapshot(taken_at=now, queues=tuple(snapshots), unparseable=tuple(unparseable))
@@ -85,8 +93,11 @@ class RQReader:
         if self._discover:
             for key in self._client.smembers(QUEUES_KEY):
                 text = key.decode("utf-8", "replace")
-                if text.startswith(QUEUE_PREFIX):
-                    names.add(text[len(QUEUE_PREFIX):])
+                name = text[len(QUEUE_PREFIX):]
+                if text.startswith(QUEUE_PREFIX) and not any(
+                    fnmatch.fnmatchcase(name, pattern) for pattern in self._exclude
+                ):
+                    names.add(name)
         return sorted(names)
 
     def _enqueued_at(self, heads: list[list[str]]) -> dict[str, bytes | None]:

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 from celery.signals import before_task_publish
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue, pools
 
 from exporter import instrument_celery
 from exporter import metric_names as m
@@ -340,9 +340,11 @@ def test_broken_unacked_entries_still_count_where_they_can(make_app, redis_serve
     good = json.loads(redis_client.rpop("celery"))
     no_headers = {k: v for k, v in good.items() if k != "headers"}
     future_eta = {**good, "headers": {**good["headers"], "eta": "2999-01-01T00:00:00+00:00"}}
+    bad_stamp = {**future_eta, "headers": {**future_eta["headers"], "taskqueue_published_at": "x"}}
     redis_client.hset("unacked", mapping={
         "tag-good": json.dumps([good, "", "celery"]),
         "tag-eta": json.dumps([future_eta, "", "celery"]),
+        "tag-eta-bad-stamp": json.dumps([bad_stamp, "", "celery"]),
         "tag-no-headers": json.dumps([no_headers, "", "celery"]),
         "tag-garbage": b"\x00 not an unacked entry",
     })
@@ -351,8 +353,43 @@ def test_broken_unacked_entries_still_count_where_they_can(make_app, redis_serve
     for samples in (collect(collector), collect(collector)):
         assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
         # The entry without headers still counts: its routing is at the end of the entry.
-        assert celery_value(samples, m.TASKS_UNACKED, "celery") == 3
-        assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 1
+        assert celery_value(samples, m.TASKS_UNACKED, "celery") == 4
+        # A bad publish stamp does not hide the ETA of a task a worker holds.
+        assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 2
         assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 1
         assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
                      queue="(unknown)") == 1
+
+
+def test_oversized_messages_are_walked_past_in_small_steps(make_app, redis_server,
+                                                          redis_client, stamped):
+    app = make_app()
+    add(app).apply_async((1, 2))
+    envelope = json.loads(redis_client.lindex("celery", -1))
+    big = [json.dumps({**envelope, "body": f"{i:04d}" + "A" * (2 << 20)}).encode()
+           for i in range(20)]
+    redis_client.rpush("celery", *big)  # at the oldest end, ahead of the good message
+    sent_before = redis_client.info("stats")["total_net_output_bytes"]
+
+    samples = collect(exporter(redis_server))
+
+    sent = redis_client.info("stats")["total_net_output_bytes"] - sent_before
+    assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 21
+    # The tail, then two windows of 4: nine 2 MB messages read, not all twenty.
+    assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 9
+    assert sent < 10 * (2 << 20)
+
+
+def test_queues_come_back_after_redis_is_flushed(make_app, redis_server, redis_client):
+    app = make_app()
+    config = parse_config(["--broker-url", redis_server.url, "--discovery-interval", "3600"], {})
+    collector = build_collector(config, redis.Redis.from_url(redis_server.url))
+    add(app).apply_async((1, 2), queue="before")
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "before") == 1
+
+    redis_client.flushall()
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "before") is None
+    pools.reset()  # so that the producer declares its queue again
+    add(make_app()).apply_async((1, 2), queue="after")
+    assert celery_value(collect(collector), m.QUEUE_DEPTH, "after") == 1

@@ -193,3 +193,10 @@ def test_survives_a_redis_restart_and_never_shows_the_password(own_redis, tmp_pa
     assert "redis://:***@127.0.0.1" in output
     assert PASSWORD not in output
     assert PASSWORD not in text
+
+
+def test_bad_url_option_is_a_one_line_error():
+    line = one_line_error(run_exporter(
+        "--broker-url", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=x&password={PASSWORD}"))
+    assert "cannot connect to the broker at" in line
+    assert PASSWORD not in line

@@ -45,7 +45,8 @@ def test_environment_fills_flags_not_given():
         "TASKQUEUE_EXPORTER_BROKER_URL": URL,
         "TASKQUEUE_EXPORTER_QUEUE": "a rq:b",
         "TASKQUEUE_EXPORTER_PORT": "9100",
-        "TASKQUEUE_EXPORTER_BROKER_TRANSPORT_OPTION": "priority_steps=0,3 'sep=\\x01'",
+        # Backslash escapes reach the option as written: no shell-style unquoting.
+        "TASKQUEUE_EXPORTER_BROKER_TRANSPORT_OPTION": "priority_steps=0,3 sep=\\x06\\x16",
         "TASKQUEUE_EXPORTER_NO_DISCOVERY": "true",
         "TASKQUEUE_EXPORTER_LOG_LEVEL": "warning",
     }
@@ -53,7 +54,7 @@ def test_environment_fills_flags_not_given():
     assert config.broker_url == URL
     assert (config.celery_queues, config.rq_queues) == (("a",), ("b",))
     assert config.port == 9200  # the flag wins over the variable
-    assert config.layout == CeleryRedisLayout(priority_steps=(0, 3), sep="\x01")
+    assert config.layout == CeleryRedisLayout(priority_steps=(0, 3), sep="\x06\x16")
     assert config.discover is False
     assert config.log_level == "warning"
 

@@ -12,6 +12,9 @@ from exporter.redaction import RedactingFilter, redact_url, secrets_of_url
         ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0", ("s3cret",)),
         ("rediss://app:p%40ss@host/1", "rediss://app:***@host/1", ("p%40ss", "p@ss")),
         ("redis://user@host", "redis://user@host", ()),
+        ("unix:///tmp/r.sock?db=0&password=hunter2", "unix:///tmp/r.sock?db=0&password=***",
+         ("hunter2",)),
+        ("redis://:a@h/0?password=b", "redis://:***@h/0?password=***", ("a", "b")),
     ],
 )
 def test_redact_url(url, shown, secrets):

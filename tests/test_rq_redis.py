@@ -101,15 +101,16 @@ def test_counting_does_not_clean_up_expired_registry_entries(redis_server, redis
     Queue("stale", connection=redis_client).enqueue(rq_jobs.ok)
     redis_client.zadd("rq:wip:stale", {"dead-job:exec": time.time() - 60})
     redis_client.zadd("rq:failed:stale", {"old-failure": time.time() - 60,
-                                          "new-failure": time.time() + 3600})
+                                          "new-failure": time.time() + 3600,
+                                          "kept-forever": -1})
 
     samples = collect(exporter(redis_server))
 
     assert rq_value(samples, m.TASKS_STARTED, "stale") == 0
-    assert rq_value(samples, m.TASKS_FAILED, "stale") == 1
+    assert rq_value(samples, m.TASKS_FAILED, "stale") == 2
     # Still there: the exporter only reads.
     assert redis_client.zcard("rq:wip:stale") == 1
-    assert redis_client.zcard("rq:failed:stale") == 2
+    assert redis_client.zcard("rq:failed:stale") == 3
 
 
 def test_head_job_without_a_hash_is_skipped_for_age(redis_server, redis_client):
