@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import socketserver
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,6 +43,10 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
 
 
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -51,5 +56,5 @@ def bind(address: str, port: int, registry: CollectorRegistry) -> WSGIServer:
     """Bind the listening socket; raises OSError (address in use, bad address)."""
     server_class = _ThreadingServer
     if ":" in address:
-        server_class = type("_ThreadingServer6", (_ThreadingServer,), {"address_family": 10})
+        server_class = _ThreadingServer6
     return make_server(address, port, make_app(registry), server_class, _QuietHandler)
