@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -65,6 +69,9 @@ class Binding:
     exchange: str
     routing_key: str
     queue: str
+    # kombu stores a regular expression here for a topic exchange's binding
+    # (key_to_pattern: "video.#" becomes "^video\\..*?$"); empty otherwise.
+    pattern: str = ""
 
     @property
     def is_internal(self) -> bool:
@@ -79,24 +86,52 @@ def parse_binding_member(exchange: str, member: str, sep: str) -> Binding | None
     parts = member.split(sep)
     if len(parts) != 3 or not parts[2]:
         return None
-    return Binding(exchange=exchange, routing_key=parts[0], queue=parts[2])
+    return Binding(exchange=exchange, routing_key=parts[0], queue=parts[2], pattern=parts[1])
 
 
 class Routing:
-    """Which queue a delivered message came from, given its exchange and routing key."""
+    """Which queue a delivered message came from, given its exchange and routing key.
+
+    Mirrors kombu's lookup: a binding with a pattern (topic exchange) matches
+    by that regular expression, any other by equal routing key. None when the
+    message cannot be placed: no binding matches, or several queues do (kombu
+    delivered a copy to each, and an unacked entry does not say which it is).
+    """
 
     def __init__(self, bindings: Iterable[Binding]) -> None:
         candidates: dict[tuple[str, str], set[str]] = {}
+        self._topics: dict[str, list[tuple[re.Pattern[str], str]]] = {}
         for b in bindings:
-            candidates.setdefault((b.exchange, b.routing_key), set()).add(b.queue)
+            if b.pattern:
+                try:
+                    compiled = re.compile(b.pattern)
+                except re.error:
+                    log.warning("binding of queue %r: pattern %r is not a regular expression",
+                                b.queue, b.pattern)
+                    continue
+                self._topics.setdefault(b.exchange, []).append((compiled, b.queue))
+            else:
+                candidates.setdefault((b.exchange, b.routing_key), set()).add(b.queue)
         self._direct: Mapping[tuple[str, str], str] = {
             key: next(iter(queues)) for key, queues in candidates.items() if len(queues) == 1
         }
+        # Thousands of unacked entries share a handful of routing keys.
+        self._matched: dict[tuple[str, str], str | None] = {}
 
-    def queue_for(self, exchange: str, routing_key: str) -> str:
-        # The default exchange ("") routes by queue name, as does any exchange
-        # whose binding is unknown or ambiguous.
-        return self._direct.get((exchange, routing_key), routing_key)
+    def queue_for(self, exchange: str, routing_key: str) -> str | None:
+        key = (exchange, routing_key)
+        queue = self._direct.get(key)
+        if queue is not None:
+            return queue
+        topics = self._topics.get(exchange)
+        if not topics:
+            # The default exchange ("") routes by queue name, as does a direct
+            # exchange whose binding is unknown or ambiguous.
+            return routing_key
+        if key not in self._matched:
+            matched = {q for pattern, q in topics if pattern.match(routing_key)}
+            self._matched[key] = matched.pop() if len(matched) == 1 else None
+        return self._matched[key]
 
 
 TRANSPORT_OPTIONS = ("priority_steps", "sep", "global_keyprefix", "unacked_key")

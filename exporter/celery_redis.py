@@ -8,6 +8,7 @@ of the `unacked` hash (which grow with in-flight work) add more.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import math
@@ -46,12 +47,13 @@ UNKNOWN_QUEUE = "(unknown)"
 
 @dataclass(slots=True)
 class _Sublist:
+    """A sub-list whose tail is not due (or not readable): walked deeper."""
+
     queue: str
     key: str
     depth: int
-    examined: int = 0
-    due: CeleryMessage | None = None
-    oversized: bool = False
+    examined: int
+    oversized: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,10 @@ class CeleryRedisReader:
         self._batch: PackedBatch | None = None
         self._batch_keys: list[tuple[str, str]] = []
         self._unacked_seen: dict[bytes, _Unacked] = {}
+        # Sub-list key -> (raw tail message, what it parsed to) from the last
+        # scrape. An idle queue's tail does not change between scrapes, and
+        # comparing bytes costs far less than parsing JSON again.
+        self._tails_seen: dict[str, tuple[bytes, CeleryMessage]] = {}
         self._bindings_batch: PackedBatch | None = None
         self._bindings_batch_keys: tuple[str, ...] = ()
 
@@ -180,51 +186,58 @@ class CeleryRedisReader:
             self._batch = PackedBatch(
                 [cmd for _, key in keyed for cmd in (("LLEN", key), ("LINDEX", key, -1))]
             )
-        results = self._batch.run(self._client)
-        sublists: list[_Sublist] = []
         depth = dict.fromkeys(queues, 0)
-        # The hot loop of a scrape (one pass per sub-list): kept flat.
-        for (queue, key), length, head in zip(
-            keyed, results[0::2], results[1::2], strict=True
-        ):
-            if type(length) is not int:
-                length = as_int(length, key)
-            if not length:
-                continue
-            depth[queue] += length
-            sub = _Sublist(queue=queue, key=key, depth=length)
-            if type(head) is bytes:
-                self._examine(sub, (head,), now, unparseable)
-            else:
-                as_value(head, key)
-            sublists.append(sub)
-        self._walk(sublists, now, unparseable)
-        return depth, self._oldest(sublists, now)
+        due: list[tuple[str, CeleryMessage]] = []  # (queue, oldest due message of a sub-list)
+        walks: list[_Sublist] = []  # sub-lists whose tail is not due or not readable
+        previous, tails = self._tails_seen, {}
+        max_bytes = self._max_bytes
+        # The hot loop of a scrape (one pass per sub-list): kept flat, and fed
+        # reply by reply so parsing overlaps with Redis answering.
+        with contextlib.closing(self._batch.stream(self._client)) as replies:
+            for queue, key in keyed:
+                length = next(replies)
+                tail = next(replies)
+                if type(length) is not int:
+                    length = as_int(length, key)
+                if not length:
+                    continue
+                depth[queue] += length
+                if type(tail) is not bytes:
+                    as_value(tail, key)
+                    continue
+                seen = previous.get(key)
+                if seen is not None and seen[0] == tail:
+                    message: CeleryMessage | None = seen[1]
+                else:
+                    message = self._parse(queue, tail, now, unparseable)
+                if message is not None:
+                    tails[key] = (tail, message)
+                    if message.is_due(now):
+                        due.append((queue, message))
+                        continue
+                walks.append(_Sublist(queue, key, length, 1, len(tail) > max_bytes))
+        self._tails_seen = tails
+        due.extend(self._walk(walks, now, unparseable))
+        return depth, self._oldest(due, now)
 
-    def _examine(
-        self, sub: _Sublist, raws: Sequence[bytes], now: float, unparseable: list[Unparseable]
-    ) -> None:
-        """Look at messages from oldest to newest until one is due."""
-        for raw in raws:
-            sub.examined += 1
-            if len(raw) > self._max_bytes:
-                sub.oversized = True
-            try:
-                message = parse_celery_message(raw, now, self._max_bytes)
-            except MessageError as error:
-                unparseable.append(
-                    Unparseable("celery", sub.queue, fingerprint(raw), str(error))
-                )
-                continue
-            if message.is_due(now):
-                sub.due = message
-                return
+    def _parse(
+        self, queue: str, raw: bytes, now: float, unparseable: list[Unparseable]
+    ) -> CeleryMessage | None:
+        try:
+            return parse_celery_message(raw, now, self._max_bytes)
+        except MessageError as error:
+            unparseable.append(Unparseable("celery", queue, fingerprint(raw), str(error)))
+            return None
 
-    def _walk(self, sublists: list[_Sublist], now: float, unparseable: list[Unparseable]) -> None:
+    def _walk(
+        self, walks: list[_Sublist], now: float, unparseable: list[Unparseable]
+    ) -> list[tuple[str, CeleryMessage]]:
+        """Read past the tail, window by window, for each sub-list's oldest due message."""
+        found: list[tuple[str, CeleryMessage]] = []
+        pending = [s for s in walks if s.examined < s.depth]
         for window in WALK_WINDOWS:
-            pending = [s for s in sublists if s.due is None and s.examined < s.depth]
             if not pending:
-                return
+                break
             chunks = run_pipeline(
                 self._client,
                 lambda pipe, pending=pending, window=window: [
@@ -236,30 +249,47 @@ class CeleryRedisReader:
                     for s in pending
                 ],
             )
+            still: list[_Sublist] = []
             for sub, chunk in zip(pending, chunks, strict=True):
-                chunk = as_value(chunk, sub.key) or []
-                # LRANGE lists newest first; walk from the oldest end.
-                self._examine(sub, chunk[::-1], now, unparseable)
-                if not chunk:
-                    sub.examined = sub.depth
+                message = self._examine(sub, as_value(chunk, sub.key) or [], now, unparseable)
+                if message is not None:
+                    found.append((sub.queue, message))
+                elif sub.examined < sub.depth:
+                    still.append(sub)
+            pending = still
+        return found
 
-    def _oldest(self, sublists: list[_Sublist], now: float) -> dict[str, float]:
-        unstamped = [
-            s.due.task_id for s in sublists
-            if s.due is not None and s.due.published_at is None and s.due.task_id is not None
-        ]
-        first_seen = self._first_seen.observe(unstamped, now)
+    def _examine(
+        self, sub: _Sublist, chunk: list[bytes], now: float, unparseable: list[Unparseable]
+    ) -> CeleryMessage | None:
+        """The first due message of an LRANGE chunk, oldest first (LRANGE lists newest first)."""
+        if not chunk:
+            # The list shrank under us: nothing more to read.
+            sub.examined = sub.depth
+            return None
+        for raw in reversed(chunk):
+            sub.examined += 1
+            if len(raw) > self._max_bytes:
+                sub.oversized = True
+            message = self._parse(sub.queue, raw, now, unparseable)
+            if message is not None and message.is_due(now):
+                return message
+        return None
+
+    def _oldest(self, due: list[tuple[str, CeleryMessage]], now: float) -> dict[str, float]:
+        first_seen = self._first_seen.observe(
+            [m.task_id for _, m in due if m.published_at is None and m.task_id is not None], now
+        )
         oldest: dict[str, float] = {}
-        for s in sublists:
-            if s.due is None:
-                continue
-            if s.due.published_at is not None:
-                enqueued = s.due.published_at
-            elif s.due.task_id is not None:
-                enqueued = first_seen[s.due.task_id]
+        for queue, message in due:
+            if message.published_at is not None:
+                enqueued = message.published_at
+            elif message.task_id is not None:
+                enqueued = first_seen[message.task_id]
             else:
                 continue
-            oldest[s.queue] = min(oldest.get(s.queue, enqueued), enqueued)
+            if enqueued < oldest.get(queue, math.inf):
+                oldest[queue] = enqueued
         return oldest
 
     def _read_unacked(
@@ -277,7 +307,7 @@ class CeleryRedisReader:
         unacked: dict[str, int] = {}
         scheduled: dict[str, int] = {}
         for entry in current.values():
-            queue = routing.queue_for(*entry.routing) if entry.routing else UNKNOWN_QUEUE
+            queue = (routing.queue_for(*entry.routing) if entry.routing else None) or UNKNOWN_QUEUE
             if entry.problem is not None:
                 unparseable.append(Unparseable("celery", queue, entry.fingerprint, entry.problem))
             if queue not in queues:

@@ -6,8 +6,9 @@ command; the rest of the scrape goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import redis
@@ -52,25 +53,34 @@ class PackedBatch:
         self._packed: list[bytes] | None = None
 
     def run(self, client: redis.Redis) -> list[Any]:
+        with contextlib.closing(self.stream(client)) as replies:
+            return list(replies)
+
+    def stream(self, client: redis.Redis) -> Generator[Any, None, None]:
+        """The replies in order, each as soon as it arrives.
+
+        Work done on one reply overlaps with Redis producing the next. Close
+        the generator (contextlib.closing) when stopping early: a connection
+        with replies left unread is dropped, never handed out again.
+        """
         if not self.commands:
-            return []
+            return
         pool = client.connection_pool
         connection = pool.get_connection()
+        read = 0
         try:
             if self._packed is None:
                 self._packed = connection.pack_commands(self.commands)
             connection.send_packed_command(self._packed)
-            replies: list[Any] = []
             for _ in self.commands:
                 try:
-                    replies.append(connection.read_response())
+                    reply = connection.read_response()
                 except redis.ResponseError as error:
                     # The reply is consumed; the connection stays in step.
-                    replies.append(error)
-            return replies
-        except BaseException:
-            # Replies may be left unread: never hand this connection out again.
-            connection.disconnect()
-            raise
+                    reply = error
+                read += 1
+                yield reply
         finally:
+            if read < len(self.commands):
+                connection.disconnect()
             pool.release(connection)

@@ -1,4 +1,5 @@
 import pytest
+from kombu.transport.virtual.exchange import TopicExchange
 
 from exporter.celery_layout import (
     Binding,
@@ -40,7 +41,7 @@ def test_binding_keys_and_scan_pattern_escape_glob_characters():
     [
         (f"celery{SEP}{SEP}celery", Binding("celery", "celery", "celery")),
         (f"{SEP}{SEP}q", Binding("celery", "", "q")),
-        (f"rk{SEP}pattern{SEP}q", Binding("celery", "rk", "q")),
+        (f"rk{SEP}^rk${SEP}q", Binding("celery", "rk", "q", "^rk$")),
         (f"rk{SEP}{SEP}", None),
         ("no-separators", None),
     ],
@@ -72,6 +73,39 @@ def test_routing_maps_exchange_and_key_to_queue():
     assert routing.queue_for("", "emails") == "emails"  # default exchange: key is the queue
     assert routing.queue_for("fan", "k") == "k"  # ambiguous: fall back to the key
     assert routing.queue_for("unknown", "celery") == "celery"
+
+
+def topic(exchange: str, binding_key: str, queue: str) -> Binding:
+    """A topic binding as kombu stores it: the pattern is kombu's own regex of the key."""
+    pattern = TopicExchange(channel=None).key_to_pattern(binding_key)
+    return Binding(exchange, binding_key, queue, pattern)
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "expected"),
+    [
+        ("video.compress", "video"),
+        ("video.compress.4k", "video"),  # "#" matches any number of words
+        ("audio.mp3", "audio"),
+        ("audio.mp3.hq", None),  # "*" matches exactly one word: no queue
+        ("image.png", None),
+        ("log.video.error", None),  # matches both "*.*.error" and "log.#": ambiguous
+        ("log.disk", "logs"),
+    ],
+)
+def test_topic_bindings_match_as_kombu_does(routing_key, expected):
+    routing = Routing([
+        topic("media", "video.#", "video"),
+        topic("media", "audio.*", "audio"),
+        topic("media", "log.#", "logs"),
+        topic("media", "*.*.error", "errors"),
+    ])
+    assert routing.queue_for("media", routing_key) == expected
+
+
+def test_a_broken_topic_pattern_is_skipped():
+    routing = Routing([Binding("media", "x", "broken", "^(unclosed$"), topic("media", "x", "ok")])
+    assert routing.queue_for("media", "x") == "ok"
 
 
 @pytest.mark.parametrize(

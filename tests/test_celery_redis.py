@@ -121,6 +121,48 @@ def test_oldest_age_is_the_oldest_stamped_task_across_sublists(make_app, redis_s
     assert clock.now - after <= age <= clock.now - before
 
 
+def test_age_follows_the_tail_across_scrapes_of_one_exporter(make_app, redis_server,
+                                                             redis_client, stamped):
+    # One exporter reuses what it parsed of an unchanged tail: every way the tail
+    # changes between scrapes must still be seen.
+    app = make_app()
+    clock = Clock(time.time() + 1000.0)
+    add(app).apply_async((1, 2), countdown=500)  # oldest: held for an ETA until now+500
+    first = time.time()
+    add(app).apply_async((1, 2))
+    second = time.time()
+    add(app).apply_async((1, 2))
+    collector = exporter(redis_server, clock=clock)
+
+    # The ETA task is due at the exporter's clock (now + 1000): it is the oldest.
+    assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") >= clock.now - first
+    redis_client.rpop("celery")  # a worker takes the oldest
+    age = celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery")
+    assert clock.now - second <= age <= clock.now - first
+    # Same key, same length, different tail (LSET): parsed anew, and unparseable.
+    redis_client.lset("celery", -1, b"not json")
+    samples = collect(collector)
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 2
+    assert clock.now - time.time() <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
+        clock.now - second)
+    assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 1
+
+
+def test_a_future_eta_tail_becomes_the_oldest_when_due(make_app, redis_server, stamped):
+    app = make_app()
+    before = time.time()
+    add(app).apply_async((1, 2), countdown=60)
+    after = time.time()
+    add(app).apply_async((1, 2))
+    clock = Clock(time.time() + 10.0)
+    collector = exporter(redis_server, clock=clock)
+
+    assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") <= clock.now - after
+    clock.now += 100.0  # past the ETA; the tail itself has not changed
+    age = celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery")
+    assert clock.now - after <= age <= clock.now - before
+
+
 def test_global_keyprefix_keeps_apps_apart(make_app, redis_server, redis_client):
     tenant = make_app({"global_keyprefix": "tenant1:", **TEN_STEPS})
     plain = make_app()
@@ -331,6 +373,31 @@ def test_unacked_and_scheduled_after_a_real_worker_prefetches(make_app, redis_se
     finally:
         redis_client.set("release", 1)
         worker.stop()
+
+
+def test_unacked_on_a_topic_exchange_is_attributed_by_pattern(make_app, redis_server,
+                                                             redis_client):
+    app = make_app()
+    media = Exchange("media", type="topic")
+    queues = [Queue("video", media, routing_key="video.#"),
+              Queue("audio", media, routing_key="audio.*")]
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        for queue in queues:
+            queue(channel).declare()
+        producer = connection.Producer(channel)
+        for key in ("video.compress", "video.compress.4k", "audio.mp3"):
+            producer.publish({"n": 1}, exchange=media, routing_key=key, declare=[media])
+        # Taken and not acknowledged: kombu writes [message, "media", key] to `unacked`
+        # (and puts it back when the channel closes).
+        held = [queues[0](channel).get(no_ack=False), queues[0](channel).get(no_ack=False)]
+        assert all(held) and redis_client.hlen("unacked") == 2
+
+        samples = collect(exporter(redis_server))
+
+    assert celery_value(samples, m.TASKS_UNACKED, "video") == 2
+    assert celery_value(samples, m.TASKS_UNACKED, "audio") == 0
+    assert celery_value(samples, m.QUEUE_DEPTH, "audio") == 1
 
 
 def test_broken_unacked_entries_still_count_where_they_can(make_app, redis_server,
