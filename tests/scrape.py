@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
+import redis
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from exporter.cli import build_collector
+from exporter.collector import QueueCollector
+from exporter.config import parse_config
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -31,3 +37,12 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
     return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def exporter(url: str, *flags: str, clock: Callable[[], float] = time.time) -> QueueCollector:
+    """An in-process exporter for the broker at `url`, built as the CLI builds it.
+
+    Discovery runs at every scrape unless the flags say otherwise.
+    """
+    config = parse_config(["--broker-url", url, "--discovery-interval", "0", *flags], {})
+    return build_collector(config, redis.Redis.from_url(url), clock)

@@ -20,10 +20,9 @@ from exporter import instrument_celery
 from exporter import metric_names as m
 from exporter.celery_hook import DISPATCH_UID
 from exporter.cli import build_collector
-from exporter.collector import QueueCollector
 from exporter.config import parse_config
 from tests.celery_app import create_app
-from tests.scrape import Samples, collect, series, value
+from tests.scrape import Samples, collect, exporter, series, value
 from tests.services import RedisServer, wait_for
 from tests.workers import celery_worker
 
@@ -37,12 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def exporter(server: RedisServer, *flags: str, clock: Callable[[], float] = time.time
-             ) -> QueueCollector:
-    config = parse_config(["--broker-url", server.url, "--discovery-interval", "0", *flags], {})
-    return build_collector(config, redis.Redis.from_url(server.url), clock)
 
 
 def celery_value(samples: Samples, spec: m.MetricSpec, queue: str) -> float | None:
@@ -97,7 +90,7 @@ def test_depth_sums_every_priority_sublist(make_app, redis_server, redis_client,
             add(app).apply_async((1, 2), priority=priority)
     add(app).apply_async((1, 2), queue="emails", priority=9)
 
-    samples = collect(exporter(redis_server, *flags))
+    samples = collect(exporter(redis_server.url, *flags))
 
     assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 55
     assert celery_value(samples, m.QUEUE_DEPTH, "emails") == 1
@@ -115,7 +108,7 @@ def test_oldest_age_is_the_oldest_stamped_task_across_sublists(make_app, redis_s
         add(app).apply_async((1, 2), priority=priority)
     clock = Clock(after + 100.0)
 
-    samples = collect(exporter(redis_server, *TEN_STEPS_FLAG, clock=clock))
+    samples = collect(exporter(redis_server.url, *TEN_STEPS_FLAG, clock=clock))
 
     age = celery_value(samples, m.OLDEST_TASK_AGE, "celery")
     assert clock.now - after <= age <= clock.now - before
@@ -132,7 +125,7 @@ def test_age_follows_the_tail_across_scrapes_of_one_exporter(make_app, redis_ser
     add(app).apply_async((1, 2))
     second = time.time()
     add(app).apply_async((1, 2))
-    collector = exporter(redis_server, clock=clock)
+    collector = exporter(redis_server.url, clock=clock)
 
     # The ETA task is due at the exporter's clock (now + 1000): it is the oldest.
     assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") >= clock.now - first
@@ -155,7 +148,7 @@ def test_a_future_eta_tail_becomes_the_oldest_when_due(make_app, redis_server, s
     after = time.time()
     add(app).apply_async((1, 2))
     clock = Clock(time.time() + 10.0)
-    collector = exporter(redis_server, clock=clock)
+    collector = exporter(redis_server.url, clock=clock)
 
     assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") <= clock.now - after
     clock.now += 100.0  # past the ETA; the tail itself has not changed
@@ -170,9 +163,9 @@ def test_global_keyprefix_keeps_apps_apart(make_app, redis_server, redis_client)
         add(tenant).apply_async((1, 2), priority=priority, queue="work")
     add(plain).apply_async((1, 2), queue="work")
 
-    prefixed = collect(exporter(
-        redis_server, "--broker-transport-option", "global_keyprefix=tenant1:", *TEN_STEPS_FLAG))
-    unprefixed = collect(exporter(redis_server))
+    prefixed = collect(exporter(redis_server.url, "--broker-transport-option",
+                                "global_keyprefix=tenant1:", *TEN_STEPS_FLAG))
+    unprefixed = collect(exporter(redis_server.url))
 
     assert celery_value(prefixed, m.QUEUE_DEPTH, "work") == 3
     assert celery_value(unprefixed, m.QUEUE_DEPTH, "work") == 1
@@ -191,7 +184,7 @@ def test_future_eta_tasks_are_skipped_for_age(make_app, redis_server, stamped):
         add(app).apply_async((1, 2), queue="later", eta=datetime.now(UTC) + timedelta(seconds=600))
     clock = Clock(after + 30.0)
 
-    samples = collect(exporter(redis_server, clock=clock))
+    samples = collect(exporter(redis_server.url, clock=clock))
 
     assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 41
     assert clock.now - after <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
@@ -204,7 +197,7 @@ def test_unstamped_task_age_counts_from_first_sight(make_app, redis_server):
     app = make_app()
     add(app).apply_async((1, 2))
     clock = Clock(2_000_000_000.0)
-    collector = exporter(redis_server, clock=clock)
+    collector = exporter(redis_server.url, clock=clock)
 
     assert celery_value(collect(collector), m.OLDEST_TASK_AGE, "celery") == 0.0
     clock.now += 42.0
@@ -218,7 +211,7 @@ def test_pickled_and_compressed_celery_tasks_still_give_age(make_app, redis_serv
     add(app).apply_async((1, 2), serializer="pickle", compression="zlib")
     clock = Clock(before + 10.0)
 
-    samples = collect(exporter(redis_server, clock=clock))
+    samples = collect(exporter(redis_server.url, clock=clock))
 
     assert 9.0 <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= 10.0
     assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
@@ -230,7 +223,7 @@ def test_empty_queue_reports_zero(make_app, redis_server, redis_client):
     add(app).apply_async((1, 2))
     redis_client.delete("celery")  # what a worker's BRPOP of the last message leaves
 
-    samples = collect(exporter(redis_server))
+    samples = collect(exporter(redis_server.url))
 
     assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 0
     assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
@@ -262,7 +255,7 @@ def test_bad_messages_count_in_depth_and_never_break_a_scrape(make_app, redis_se
     redis_client.lpush("celery", good)
     redis_client.rpush("celery", *bad)
     clock = Clock(now + 5.0)
-    collector = exporter(redis_server, clock=clock)
+    collector = exporter(redis_server.url, clock=clock)
 
     first, second = collect(collector), collect(collector)
 
@@ -283,7 +276,7 @@ def test_a_key_of_the_wrong_type_does_not_break_the_scrape(make_app, redis_serve
     redis_client.delete("broken")
     redis_client.set("broken", "a string where a list should be")
 
-    samples = collect(exporter(redis_server))
+    samples = collect(exporter(redis_server.url))
 
     assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
     assert celery_value(samples, m.QUEUE_DEPTH, "good") == 1
@@ -292,7 +285,7 @@ def test_a_key_of_the_wrong_type_does_not_break_the_scrape(make_app, redis_serve
 
 def test_queues_appear_and_disappear_without_restart(make_app, redis_server):
     app = make_app()
-    collector = exporter(redis_server, "--queue", "always")
+    collector = exporter(redis_server.url, "--queue", "always")
     add(app).apply_async((1, 2))
     samples = collect(collector)
     assert set(series(samples, m.QUEUE_DEPTH.name)) == {
@@ -333,7 +326,7 @@ def test_excluded_queues_are_not_exported(make_app, redis_server):
     add(app).apply_async((1, 2), queue="tmp.1")
     add(app).apply_async((1, 2), queue="keep")
 
-    samples = collect(exporter(redis_server, "--exclude-queue", "tmp.*"))
+    samples = collect(exporter(redis_server.url, "--exclude-queue", "tmp.*"))
 
     assert {dict(labels)["queue"] for labels in series(samples, m.QUEUE_DEPTH.name)} == {"keep"}
 
@@ -345,7 +338,7 @@ def test_unacked_and_scheduled_after_a_real_worker_prefetches(make_app, redis_se
     for i in range(9):
         add(app).apply_async((i, i))
     add(app).apply_async((1, 1), countdown=600)
-    collector = exporter(redis_server)
+    collector = exporter(redis_server.url)
     worker = celery_worker(redis_server.url, tmp_path / "worker.log")
     try:
         # One running (acks_late) and three prefetched: prefetch multiplier 4 x concurrency 1.
@@ -393,7 +386,7 @@ def test_unacked_on_a_topic_exchange_is_attributed_by_pattern(make_app, redis_se
         held = [queues[0](channel).get(no_ack=False), queues[0](channel).get(no_ack=False)]
         assert all(held) and redis_client.hlen("unacked") == 2
 
-        samples = collect(exporter(redis_server))
+        samples = collect(exporter(redis_server.url))
 
     assert celery_value(samples, m.TASKS_UNACKED, "video") == 2
     assert celery_value(samples, m.TASKS_UNACKED, "audio") == 0
@@ -415,7 +408,7 @@ def test_broken_unacked_entries_still_count_where_they_can(make_app, redis_serve
         "tag-no-headers": json.dumps([no_headers, "", "celery"]),
         "tag-garbage": b"\x00 not an unacked entry",
     })
-    collector = exporter(redis_server)
+    collector = exporter(redis_server.url)
 
     for samples in (collect(collector), collect(collector)):
         assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
@@ -438,7 +431,7 @@ def test_oversized_messages_are_walked_past_in_small_steps(make_app, redis_serve
     redis_client.rpush("celery", *big)  # at the oldest end, ahead of the good message
     sent_before = redis_client.info("stats")["total_net_output_bytes"]
 
-    samples = collect(exporter(redis_server))
+    samples = collect(exporter(redis_server.url))
 
     sent = redis_client.info("stats")["total_net_output_bytes"] - sent_before
     assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0

@@ -6,22 +6,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import redis
 from rq import Queue
 
 from exporter import metric_names as m
-from exporter.cli import build_collector
-from exporter.collector import QueueCollector
-from exporter.config import parse_config
 from tests import rq_jobs
-from tests.scrape import Samples, collect, value
-from tests.services import RedisServer, wait_for
+from tests.scrape import Samples, collect, exporter, value
+from tests.services import wait_for
 from tests.workers import rq_worker
-
-
-def exporter(server: RedisServer, *flags: str, clock=time.time) -> QueueCollector:
-    config = parse_config(["--broker-url", server.url, *flags], {})
-    return build_collector(config, redis.Redis.from_url(server.url), clock)
 
 
 def rq_value(samples: Samples, spec: m.MetricSpec, queue: str) -> float | None:
@@ -35,7 +26,7 @@ def test_enqueued_jobs_give_depth_and_exact_age(redis_server, redis_client):
     queue.enqueue(rq_jobs.ok)
     enqueued_at = first.enqueued_at.timestamp()
 
-    samples = collect(exporter(redis_server, clock=lambda: enqueued_at + 12.5))
+    samples = collect(exporter(redis_server.url, clock=lambda: enqueued_at + 12.5))
 
     assert rq_value(samples, m.QUEUE_DEPTH, "default") == 3
     assert abs(rq_value(samples, m.OLDEST_TASK_AGE, "default") - 12.5) < 1e-6
@@ -50,7 +41,7 @@ def test_scheduled_jobs_are_counted_and_not_waiting(redis_server, redis_client):
     queue.enqueue_in(timedelta(minutes=5), rq_jobs.ok)
     queue.enqueue_in(timedelta(hours=1), rq_jobs.ok)
 
-    samples = collect(exporter(redis_server))
+    samples = collect(exporter(redis_server.url))
 
     assert rq_value(samples, m.TASKS_SCHEDULED, "later") == 2
     assert rq_value(samples, m.QUEUE_DEPTH, "later") == 0
@@ -66,7 +57,7 @@ def test_failed_jobs_from_a_real_worker(redis_server, redis_client, tmp_path: Pa
     assert worker.process.wait(timeout=60) == 0
     worker.stop()
 
-    samples = collect(exporter(redis_server))
+    samples = collect(exporter(redis_server.url))
 
     assert rq_value(samples, m.TASKS_FAILED, "flaky") == 2
     assert rq_value(samples, m.QUEUE_DEPTH, "flaky") == 0
@@ -77,7 +68,7 @@ def test_started_jobs_while_a_real_worker_runs_them(redis_server, redis_client, 
     queue = Queue("slow", connection=redis_client)
     queue.enqueue(rq_jobs.wait_for_key, "release")
     queue.enqueue(rq_jobs.ok)
-    collector = exporter(redis_server)
+    collector = exporter(redis_server.url)
     worker = rq_worker(redis_server.url, "slow", tmp_path / "rq.log")
     try:
         samples = wait_for(
@@ -104,7 +95,7 @@ def test_counting_does_not_clean_up_expired_registry_entries(redis_server, redis
                                           "new-failure": time.time() + 3600,
                                           "kept-forever": -1})
 
-    samples = collect(exporter(redis_server))
+    samples = collect(exporter(redis_server.url))
 
     assert rq_value(samples, m.TASKS_STARTED, "stale") == 0
     assert rq_value(samples, m.TASKS_FAILED, "stale") == 2
@@ -120,7 +111,7 @@ def test_head_job_without_a_hash_is_skipped_for_age(redis_server, redis_client):
     redis_client.delete(lost.key)
     now = kept.enqueued_at.timestamp() + 3.0
 
-    collector = exporter(redis_server, clock=lambda: now)
+    collector = exporter(redis_server.url, clock=lambda: now)
     collect(collector)
     samples = collect(collector)
 
@@ -130,7 +121,7 @@ def test_head_job_without_a_hash_is_skipped_for_age(redis_server, redis_client):
 
 
 def test_rq_queues_appear_and_disappear(redis_server, redis_client):
-    collector = exporter(redis_server, "--queue", "rq:listed")
+    collector = exporter(redis_server.url, "--queue", "rq:listed")
     assert rq_value(collect(collector), m.QUEUE_DEPTH, "new") is None
     queue = Queue("new", connection=redis_client)
     queue.enqueue(rq_jobs.ok)
