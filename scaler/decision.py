@@ -1,0 +1,254 @@
+"""The decision core: from rule recommendations to a service's new desired count.
+
+A pure function of (inputs, counts, limits, behavior, history, now), after the
+Kubernetes HPA's replica calculator: tolerance, stabilization windows (the
+highest recommendation in the scale-down window wins, the lowest in the
+scale-up window), rate policies over a period, then min/max. Every decision
+carries a reason code. No clock, no I/O: `now` and the history are passed in,
+and the next history is returned with the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Literal
+
+_UNLIMITED = 2**31 - 1  # no scale-up policy: no rate limit (max still applies)
+
+
+class Reason(StrEnum):
+    SCALE_UP = "ScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    SCALE_DOWN_STABILIZED = "ScaleDownStabilized"
+    SCALE_UP_LIMITED = "ScaleUpLimited"
+    SCALE_DOWN_LIMITED = "ScaleDownLimited"
+    AT_MAX = "AtMax"
+    AT_MIN = "AtMin"
+    HOLD = "Hold"
+    NO_DATA = "NoData"
+    GUARDED = "Guarded"
+    FALLBACK = "Fallback"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """At most `value` workers (or percent of the count) of change per `period` seconds."""
+
+    type: Literal["workers", "percent"]
+    value: float
+    period: float
+
+
+@dataclass(frozen=True)
+class Direction:
+    stabilization_window: float
+    policies: tuple[Policy, ...]
+    # "max": the policy allowing the most change applies; "min": the least;
+    # "disabled": never move in this direction.
+    select: Literal["max", "min", "disabled"] = "max"
+
+
+def default_scale_up() -> Direction:
+    # The HPA's: double or add 4, whichever is more, every 15 s; no window.
+    return Direction(0.0, (Policy("percent", 100, 15), Policy("workers", 4, 15)))
+
+
+def default_scale_down() -> Direction:
+    return Direction(300.0, (Policy("percent", 100, 15),))
+
+
+@dataclass(frozen=True)
+class Behavior:
+    scale_up: Direction
+    scale_down: Direction
+    tolerance: float = 0.1
+
+
+@dataclass(frozen=True)
+class Limits:
+    min: int
+    max: int
+    fallback: int | None = None
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class Counts:
+    desired: int
+    running: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the rules said this evaluation.
+
+    `recommendations`: one count per rule that produced one. `failed`: some
+    rule (or the activation query) could not be evaluated. `activation`: None
+    without an activation query, else whether it was above 0. `guard`: None
+    without a scale-down guard, else whether it allows scale-in (False also
+    when it failed).
+    """
+
+    recommendations: tuple[int, ...]
+    failed: bool = False
+    activation: bool | None = None
+    guard: bool | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, recommendation)
+    changes: tuple[tuple[float, int], ...] = ()  # (time, new count - old count)
+    failures: int = 0  # consecutive evaluations with a failed rule
+
+
+@dataclass(frozen=True)
+class Decision:
+    count: int
+    reason: Reason
+    recommendation: int | None  # the rules' (after activation and tolerance), before windows
+    history: History
+
+    def direction(self, current: int) -> str:
+        if self.count > current:
+            return "up"
+        return "down" if self.count < current else "none"
+
+
+def decide(
+    inputs: Inputs, counts: Counts, limits: Limits, behavior: Behavior, history: History,
+    now: float,
+) -> Decision:
+    current = counts.desired
+    if inputs.failed or not inputs.recommendations:
+        return _on_failure(current, limits, history)
+    history = replace(history, failures=0)
+
+    raw = max(inputs.recommendations)
+    if limits.min == 0 and inputs.activation is not None:
+        # Activation alone decides between zero and some workers, as KEDA's does.
+        raw = max(raw, 1) if inputs.activation else 0
+    if current > 0 and abs(raw - current) / current <= behavior.tolerance:
+        raw = current
+
+    window = max(behavior.scale_up.stabilization_window, behavior.scale_down.stabilization_window)
+    recent = (*((t, r) for t, r in history.recommendations if t > now - window), (now, raw))
+    wanted = _stabilized(recent, behavior, current, now)
+
+    limited = False
+    if wanted > current:
+        allowed = _up_limit(behavior.scale_up, current, history.changes, now)
+        if current == 0:
+            allowed = max(allowed, 1)  # a percentage of zero is zero: out of zero at once
+        new, limited = min(wanted, allowed), allowed < wanted
+    elif wanted < current:
+        allowed = _down_limit(behavior.scale_down, current, history.changes, now)
+        new, limited = max(wanted, allowed), allowed > wanted
+    else:
+        new = current
+    new = min(max(new, limits.min), limits.max)
+
+    guarded = False
+    if new < current and inputs.guard is False:
+        # The guard holds scale-in, but never above max.
+        held = min(current, limits.max)
+        if new < held:
+            new, guarded = held, held == current
+
+    reason = _reason(current, new, raw, wanted, limited, guarded, limits)
+    period = max((p.period for d in (behavior.scale_up, behavior.scale_down)
+                  for p in d.policies), default=0.0)
+    changes = tuple((t, d) for t, d in history.changes if t > now - period)
+    if new != current:
+        changes += ((now, new - current),)
+    return Decision(new, reason, raw, History(recent, changes, 0))
+
+
+def _on_failure(current: int, limits: Limits, history: History) -> Decision:
+    failures = history.failures + 1
+    history = replace(history, failures=failures)
+    if limits.fallback is not None and failures >= limits.failure_threshold:
+        # Missing data never scales anything down: the fallback only raises.
+        return Decision(min(max(current, limits.fallback), limits.max), Reason.FALLBACK, None,
+                        history)
+    return Decision(current, Reason.NO_DATA, None, history)
+
+
+def _stabilized(
+    recent: tuple[tuple[float, int], ...], behavior: Behavior, current: int, now: float
+) -> int:
+    up_window = behavior.scale_up.stabilization_window
+    down_window = behavior.scale_down.stabilization_window
+    # Scale up only to what every recommendation in the up window agrees on,
+    # down only to the highest of the down window.
+    up = min(r for t, r in recent if t > now - up_window or t == now)
+    down = max(r for t, r in recent if t > now - down_window or t == now)
+    if up > current:
+        return up
+    if down < current:
+        return down
+    return current
+
+
+def _up_limit(
+    direction: Direction, current: int, changes: tuple[tuple[float, int], ...], now: float
+) -> int:
+    if direction.select == "disabled":
+        return current
+    if not direction.policies:
+        return _UNLIMITED
+    limits = []
+    for p in direction.policies:
+        added = sum(d for t, d in changes if d > 0 and t > now - p.period)
+        start = current - added
+        if p.type == "workers":
+            limits.append(start + math.floor(p.value))
+        else:
+            limits.append(math.ceil(start * (1 + p.value / 100)))
+    return max(limits) if direction.select == "max" else min(limits)
+
+
+def _down_limit(
+    direction: Direction, current: int, changes: tuple[tuple[float, int], ...], now: float
+) -> int:
+    if direction.select == "disabled":
+        return current
+    if not direction.policies:
+        return 0
+    limits = []
+    for p in direction.policies:
+        removed = -sum(d for t, d in changes if d < 0 and t > now - p.period)
+        start = current + removed
+        if p.type == "workers":
+            limits.append(start - math.floor(p.value))
+        else:
+            limits.append(math.ceil(start * (1 - p.value / 100)))
+    # The policy allowing the most change is the one with the lowest floor.
+    return max(0, min(limits) if direction.select == "max" else max(limits))
+
+
+def _reason(
+    current: int, new: int, raw: int, wanted: int, limited: bool, guarded: bool, limits: Limits
+) -> Reason:
+    if new > current:
+        if wanted > limits.max and new == limits.max:
+            return Reason.AT_MAX
+        if current < limits.min and new == limits.min:
+            return Reason.AT_MIN
+        return Reason.SCALE_UP_LIMITED if limited else Reason.SCALE_UP
+    if new < current:
+        if current > limits.max and new == limits.max:
+            return Reason.AT_MAX
+        if wanted < limits.min and new == limits.min:
+            return Reason.AT_MIN
+        return Reason.SCALE_DOWN_LIMITED if limited else Reason.SCALE_DOWN
+    if guarded:
+        return Reason.GUARDED
+    if raw > current:
+        return Reason.AT_MAX if current >= limits.max else Reason.SCALE_UP_LIMITED
+    if raw < current:
+        return Reason.AT_MIN if current <= limits.min else Reason.SCALE_DOWN_STABILIZED
+    return Reason.HOLD

@@ -1,0 +1,115 @@
+"""What each rule recommends, given the value its query returned: pure arithmetic.
+
+A rule's query result is first reduced to one number (`reduce_result`), strictly:
+several series need an explicit `aggregate`, NaN and Inf are errors, and an empty
+result means whatever the rule's `on_empty` says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Aggregate = Literal["sum", "max"]
+OnEmpty = Literal["hold", "zero"]
+
+
+class RuleError(ValueError):
+    """The rule cannot recommend a count this time; `kind` labels the error metric."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def reduce_result(values: Sequence[float], aggregate: Aggregate | None, on_empty: OnEmpty) -> float:
+    if not values:
+        if on_empty == "zero":
+            return 0.0
+        raise RuleError("no_data", "query returned no series")
+    if len(values) > 1 and aggregate is None:
+        raise RuleError(
+            "several_series",
+            f"query returned {len(values)} series; set aggregate: sum or max, or narrow it",
+        )
+    for v in values:
+        if not math.isfinite(v):
+            raise RuleError("not_finite", f"query returned {v}")
+    return max(values) if aggregate == "max" else math.fsum(values)
+
+
+@dataclass(frozen=True)
+class PerWorker:
+    """ceil(value / target): `target` units of work per worker."""
+
+    target: float
+
+    def recommend(self, value: float, current: int, pending: int) -> int:
+        return _count(value / self.target)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Workers that clear `backlog` within `within` seconds from now.
+
+    New workers do nothing for `startup` seconds, and tasks keep arriving at
+    `arrival` per second all along, so the work to do by the deadline is
+    backlog + arrival * within, done at `throughput` per worker per second
+    during (within - startup) seconds:
+
+        n = ceil((backlog + arrival * within) / (throughput * (within - startup)))
+    """
+
+    within: float
+    startup: float
+
+    def recommend(self, backlog: float, throughput: float, arrival: float) -> int:
+        if throughput <= 0:
+            raise RuleError("bad_value", f"throughput must be > 0 (got {throughput:g})")
+        if arrival < 0:
+            raise RuleError("bad_value", f"arrival rate must be >= 0 (got {arrival:g})")
+        work = max(0.0, backlog) + arrival * self.within
+        return _count(work / (throughput * (self.within - self.startup)))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Step up above `above`, down below `below`, hold between.
+
+    Steps are taken from the desired count, which includes tasks still
+    starting; while any are pending it does not step up again, so one burst
+    is not answered twice before the first answer is up.
+    """
+
+    above: float | None
+    below: float | None
+    step: int
+    factor: float | None
+
+    def recommend(self, value: float, current: int, pending: int) -> int:
+        if self.above is not None and value > self.above:
+            if pending > 0:
+                return current
+            if self.factor is not None:
+                return max(current + 1, math.ceil(current * self.factor))
+            return current + self.step
+        if self.below is not None and value < self.below:
+            if self.factor is not None:
+                return max(0, min(current - 1, math.floor(current / self.factor)))
+            return max(0, current - self.step)
+        return current
+
+
+@dataclass(frozen=True)
+class Expression:
+    """The query returns the count itself; a fraction rounds up."""
+
+    def recommend(self, value: float, current: int, pending: int) -> int:
+        return _count(value)
+
+
+def _count(x: float) -> int:
+    # 4.0000000001 workers is 4: floating-point noise must not buy a worker.
+    return max(0, math.ceil(round(x, 9)))

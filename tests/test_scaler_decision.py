@@ -1,0 +1,228 @@
+"""The decision core with a fake clock: every reason code, windows, policies, tolerance."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaler.decision import (
+    Behavior,
+    Counts,
+    Decision,
+    Direction,
+    History,
+    Inputs,
+    Limits,
+    Policy,
+    Reason,
+    decide,
+    default_scale_down,
+    default_scale_up,
+)
+
+DEFAULT = Behavior(default_scale_up(), default_scale_down())
+# No windows, no rate limits, no tolerance: the rules' count, clamped.
+DIRECT = Behavior(Direction(0, ()), Direction(0, ()), tolerance=0.0)
+LIMITS = Limits(min=1, max=10)
+
+
+def one(recommendation: int, desired: int, *, limits: Limits = LIMITS,
+        behavior: Behavior = DIRECT, pending: int = 0, history: History | None = None,
+        now: float = 1000.0, **inputs) -> Decision:
+    return decide(Inputs((recommendation,), **inputs), Counts(desired, desired - pending, pending),
+                  limits, behavior, history or History(), now)
+
+
+@pytest.mark.parametrize(
+    ("recommendation", "desired", "count", "reason"),
+    [
+        (5, 2, 5, Reason.SCALE_UP),
+        (2, 5, 2, Reason.SCALE_DOWN),
+        (4, 4, 4, Reason.HOLD),
+        (50, 3, 10, Reason.AT_MAX),
+        (50, 10, 10, Reason.AT_MAX),
+        (0, 3, 1, Reason.AT_MIN),
+        (0, 1, 1, Reason.AT_MIN),
+        (50, 12, 10, Reason.AT_MAX),  # above max (max lowered): down to max
+        (5, 12, 5, Reason.SCALE_DOWN),
+        (0, 0, 1, Reason.AT_MIN),  # below min: up to min
+    ],
+)
+def test_direct_decisions(recommendation, desired, count, reason):
+    decision = one(recommendation, desired)
+    assert (decision.count, decision.reason) == (count, reason)
+
+
+def test_the_largest_recommendation_wins():
+    decision = decide(Inputs((2, 7, 4)), Counts(3, 3, 0), LIMITS, DIRECT, History(), 0.0)
+    assert (decision.count, decision.reason, decision.recommendation) == (7, Reason.SCALE_UP, 7)
+
+
+@pytest.mark.parametrize(
+    ("recommendation", "desired", "count", "reason"),
+    [
+        (11, 10, 10, Reason.HOLD),  # +10 %: within the tolerance
+        (9, 10, 10, Reason.HOLD),
+        (12, 10, 12, Reason.SCALE_UP),
+        (2, 1, 2, Reason.SCALE_UP),  # small counts: one worker is 100 %
+    ],
+)
+def test_tolerance(recommendation, desired, count, reason):
+    behavior = Behavior(Direction(0, ()), Direction(0, ()), tolerance=0.1)
+    decision = one(recommendation, desired, behavior=behavior, limits=Limits(1, 20))
+    assert (decision.count, decision.reason) == (count, reason)
+
+
+def test_scale_down_waits_for_the_highest_recommendation_of_the_window():
+    behavior = Behavior(Direction(0, ()), Direction(300, ()), tolerance=0.0)
+    history = History()
+    seen = []
+    # Recommendations at t=0..: 8, then 3 for a while; desired starts at 8.
+    desired = 8
+    for t, rec in [(0, 8), (60, 3), (120, 3), (299, 3), (301, 3), (361, 2)]:
+        decision = decide(Inputs((rec,)), Counts(desired, desired, 0), LIMITS, behavior,
+                          history, float(t))
+        seen.append((t, decision.count, decision.reason))
+        desired, history = decision.count, decision.history
+    assert seen == [
+        (0, 8, Reason.HOLD),
+        (60, 8, Reason.SCALE_DOWN_STABILIZED),
+        (120, 8, Reason.SCALE_DOWN_STABILIZED),
+        (299, 8, Reason.SCALE_DOWN_STABILIZED),
+        (301, 3, Reason.SCALE_DOWN),  # the 8 of t=0 has left the window
+        (361, 3, Reason.SCALE_DOWN_STABILIZED),  # 3 of t=299 and t=301 still in it
+    ]
+
+
+def test_scale_up_window_takes_the_lowest_recommendation():
+    behavior = Behavior(Direction(60, ()), Direction(0, ()), tolerance=0.0)
+    history = decide(Inputs((2,)), Counts(2, 2, 0), LIMITS, behavior, History(), 0.0).history
+    decision = decide(Inputs((9,)), Counts(2, 2, 0), LIMITS, behavior, history, 30.0)
+    assert (decision.count, decision.reason) == (2, Reason.SCALE_UP_LIMITED)
+    decision = decide(Inputs((9,)), Counts(2, 2, 0), LIMITS, behavior, decision.history, 61.0)
+    assert (decision.count, decision.reason) == (9, Reason.SCALE_UP)
+
+
+@pytest.mark.parametrize(
+    ("policies", "select", "desired", "recommendation", "count", "reason"),
+    [
+        # The HPA default: max(+100 %, +4) per 15 s.
+        ((Policy("percent", 100, 15), Policy("workers", 4, 15)), "max", 1, 50, 5, "limited"),
+        ((Policy("percent", 100, 15), Policy("workers", 4, 15)), "max", 10, 50, 20, "limited"),
+        ((Policy("percent", 100, 15), Policy("workers", 4, 15)), "min", 10, 50, 14, "limited"),
+        ((Policy("percent", 100, 15), Policy("workers", 4, 15)), "max", 10, 15, 15, "up"),
+        ((Policy("workers", 1, 60),), "max", 3, 9, 4, "limited"),
+        ((Policy("workers", 1, 60),), "disabled", 3, 9, 3, "limited"),
+        ((Policy("percent", 50, 60),), "max", 0, 9, 1, "limited"),  # out of zero: at least 1
+    ],
+)
+def test_scale_up_policies(policies, select, desired, recommendation, count, reason):
+    behavior = Behavior(Direction(0, policies, select), Direction(0, ()), tolerance=0.0)
+    decision = one(recommendation, desired, behavior=behavior, limits=Limits(0, 100))
+    expected = Reason.SCALE_UP_LIMITED if reason == "limited" else Reason.SCALE_UP
+    assert (decision.count, decision.reason) == (count, expected)
+
+
+def test_scale_up_policy_counts_what_was_added_in_its_period():
+    behavior = Behavior(Direction(0, (Policy("workers", 4, 60),)), Direction(0, ()), 0.0)
+    first = one(50, 2, behavior=behavior, limits=Limits(0, 100), now=0.0)
+    assert first.count == 6
+    second = one(50, 6, behavior=behavior, limits=Limits(0, 100), history=first.history,
+                 now=30.0)
+    assert (second.count, second.reason) == (6, Reason.SCALE_UP_LIMITED)
+    third = one(50, 6, behavior=behavior, limits=Limits(0, 100), history=second.history,
+                now=61.0)
+    assert (third.count, third.reason) == (10, Reason.SCALE_UP_LIMITED)
+
+
+@pytest.mark.parametrize(
+    ("policies", "select", "desired", "recommendation", "count", "reason"),
+    [
+        ((Policy("percent", 100, 15),), "max", 10, 1, 1, Reason.SCALE_DOWN),
+        ((Policy("workers", 2, 60),), "max", 10, 1, 8, Reason.SCALE_DOWN_LIMITED),
+        ((Policy("percent", 50, 60),), "max", 9, 1, 5, Reason.SCALE_DOWN_LIMITED),  # ceil(4.5)
+        ((Policy("percent", 50, 60), Policy("workers", 2, 60)), "max", 10, 1, 5,
+         Reason.SCALE_DOWN_LIMITED),
+        ((Policy("percent", 50, 60), Policy("workers", 2, 60)), "min", 10, 1, 8,
+         Reason.SCALE_DOWN_LIMITED),
+        ((Policy("workers", 2, 60),), "disabled", 10, 1, 10, Reason.SCALE_DOWN_STABILIZED),
+    ],
+)
+def test_scale_down_policies(policies, select, desired, recommendation, count, reason):
+    behavior = Behavior(Direction(0, ()), Direction(0, policies, select), tolerance=0.0)
+    decision = one(recommendation, desired, behavior=behavior)
+    assert (decision.count, decision.reason) == (count, reason)
+
+
+def test_activation_brings_a_service_out_of_zero_at_once():
+    limits = Limits(min=0, max=10)
+    # Rules say 0 (e.g. a queue too small to round up), activation says there is work.
+    decision = one(0, 0, limits=limits, behavior=DEFAULT, activation=True)
+    assert (decision.count, decision.reason) == (1, Reason.SCALE_UP)
+    # No work: the rules' 3 are overruled, and the scale-down window applies as usual.
+    history = History(recommendations=((900.0, 3),))
+    decision = one(3, 3, limits=limits, behavior=DEFAULT, activation=False, history=history)
+    assert (decision.count, decision.reason) == (3, Reason.SCALE_DOWN_STABILIZED)
+    decision = one(3, 3, limits=limits, behavior=DEFAULT, activation=False, now=1201.0,
+                   history=history)
+    assert (decision.count, decision.reason) == (0, Reason.SCALE_DOWN)
+
+
+def test_pending_tasks_are_capacity_on_its_way():
+    # Desired 6 of which 4 still start; the rules still say 6: nothing more to do.
+    decision = one(6, 6, pending=4, behavior=DEFAULT)
+    assert (decision.count, decision.reason) == (6, Reason.HOLD)
+
+
+@pytest.mark.parametrize(("guard", "count", "reason"), [
+    (False, 6, Reason.GUARDED), (True, 2, Reason.SCALE_DOWN), (None, 2, Reason.SCALE_DOWN)])
+def test_scale_down_guard(guard, count, reason):
+    decision = one(2, 6, guard=guard)
+    assert (decision.count, decision.reason) == (count, reason)
+
+
+def test_guard_never_holds_a_service_above_max():
+    decision = one(2, 14, guard=False)
+    assert (decision.count, decision.reason) == (10, Reason.AT_MAX)
+
+
+def test_guard_does_not_stop_a_scale_up():
+    assert one(8, 6, guard=False).count == 8
+
+
+def test_no_data_holds_and_counts_failures_until_the_fallback():
+    limits = Limits(min=1, max=10, fallback=4, failure_threshold=3)
+    history = History()
+    seen = []
+    for _ in range(4):
+        decision = decide(Inputs((), failed=True), Counts(2, 2, 0), limits, DEFAULT, history, 0.0)
+        seen.append((decision.count, decision.reason, decision.history.failures))
+        history = decision.history
+    assert seen == [(2, Reason.NO_DATA, 1), (2, Reason.NO_DATA, 2), (4, Reason.FALLBACK, 3),
+                    (4, Reason.FALLBACK, 4)]
+    recovered = decide(Inputs((2,)), Counts(4, 4, 0), limits, DIRECT, history, 1.0)
+    assert recovered.history.failures == 0
+
+
+def test_a_fallback_never_scales_down():
+    limits = Limits(min=1, max=10, fallback=2, failure_threshold=1)
+    decision = decide(Inputs((3,), failed=True), Counts(7, 7, 0), limits, DEFAULT, History(), 0.0)
+    assert (decision.count, decision.reason) == (7, Reason.FALLBACK)
+
+
+def test_no_data_never_scales_down_even_with_a_window_full_of_low_recommendations():
+    history = History(recommendations=((990.0, 1),))
+    decision = decide(Inputs((), failed=True), Counts(8, 8, 0), LIMITS, DEFAULT, history, 1000.0)
+    assert (decision.count, decision.reason) == (8, Reason.NO_DATA)
+
+
+def test_history_keeps_only_what_the_windows_and_periods_need():
+    history = History(recommendations=((0.0, 5), (800.0, 5)), changes=((0.0, 2), (995.0, 1)))
+    decision = one(5, 5, behavior=DEFAULT, history=history, now=1000.0)
+    assert decision.history.recommendations == ((800.0, 5), (1000.0, 5))
+    assert decision.history.changes == ((995.0, 1),)
+
+
+def test_direction_labels():
+    decision = one(5, 2)
+    assert (decision.direction(2), decision.direction(5), decision.direction(9)) == (
+        "up", "none", "down")
