@@ -81,6 +81,56 @@ UNPARSEABLE_MESSAGES = MetricSpec(
     QUEUE_LABELS,
 )
 
+# The scaler's own series.
+SCALER_DESIRED = MetricSpec(
+    "taskqueue_scaler_desired_replicas",
+    "gauge",
+    "Desired worker count the scaler decided at its last evaluation.",
+    ("service",),
+)
+SCALER_CURRENT = MetricSpec(
+    "taskqueue_scaler_current_replicas",
+    "gauge",
+    "Worker count of the service as last read from its backend, by state "
+    "(desired, running, pending).",
+    ("service", "state"),
+)
+SCALER_RULE_VALUE = MetricSpec(
+    "taskqueue_scaler_rule_value",
+    "gauge",
+    "Value the rule's query returned at the last evaluation.",
+    ("service", "rule"),
+)
+SCALER_RULE_RECOMMENDATION = MetricSpec(
+    "taskqueue_scaler_rule_recommendation",
+    "gauge",
+    "Worker count the rule recommended at the last evaluation.",
+    ("service", "rule"),
+)
+SCALER_DECISIONS = MetricSpec(
+    "taskqueue_scaler_decisions_total",
+    "counter",
+    "Scaling decisions, by direction (up, down, none) and reason code.",
+    ("service", "direction", "reason"),
+)
+SCALER_ERRORS = MetricSpec(
+    "taskqueue_scaler_errors_total",
+    "counter",
+    "Errors while evaluating or scaling the service, by kind.",
+    ("service", "kind"),
+)
+SCALER_LAST_SUCCESS = MetricSpec(
+    "taskqueue_scaler_last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the service's last evaluation that read every query and its backend.",
+    ("service",),
+)
+SCALER_EVALUATION_DURATION = MetricSpec(
+    "taskqueue_scaler_evaluation_duration_seconds",
+    "gauge",
+    "Seconds the last evaluation cycle of all services took.",
+)
+
 QUEUE_METRICS: tuple[MetricSpec, ...] = (
     QUEUE_DEPTH,
     OLDEST_TASK_AGE,
@@ -94,4 +144,14 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     SCRAPE_SUCCESS,
     UNPARSEABLE_MESSAGES,
 )
-ALL_METRICS: tuple[MetricSpec, ...] = QUEUE_METRICS + EXPORTER_METRICS
+SCALER_METRICS: tuple[MetricSpec, ...] = (
+    SCALER_DESIRED,
+    SCALER_CURRENT,
+    SCALER_RULE_VALUE,
+    SCALER_RULE_RECOMMENDATION,
+    SCALER_DECISIONS,
+    SCALER_ERRORS,
+    SCALER_LAST_SUCCESS,
+    SCALER_EVALUATION_DURATION,
+)
+ALL_METRICS: tuple[MetricSpec, ...] = QUEUE_METRICS + EXPORTER_METRICS + SCALER_METRICS

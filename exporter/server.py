@@ -13,14 +13,17 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 
-LANDING = b"""<html><head><title>taskqueue-exporter</title></head><body>
-<h1>taskqueue-exporter</h1><p><a href="/metrics">Metrics</a> <a href="/healthz">Health</a></p>
+LANDING = """<html><head><title>{title}</title></head><body>
+<h1>{title}</h1><p><a href="/metrics">Metrics</a> <a href="/healthz">Health</a></p>
 </body></html>
 """
 
 
-def make_app(registry: CollectorRegistry) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+def make_app(
+    registry: CollectorRegistry, title: str = "taskqueue-exporter"
+) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
+    landing = LANDING.format(title=title).encode()
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -31,7 +34,7 @@ def make_app(registry: CollectorRegistry) -> Callable[[Environ, StartResponse], 
             return [b"ok\n"]
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [LANDING]
+            return [landing]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found\n"]
 
@@ -52,9 +55,11 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def bind(address: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+def bind(
+    address: str, port: int, registry: CollectorRegistry, title: str = "taskqueue-exporter"
+) -> WSGIServer:
     """Bind the listening socket; raises OSError (address in use, bad address)."""
     server_class = _ThreadingServer
     if ":" in address:
         server_class = _ThreadingServer6
-    return make_server(address, port, make_app(registry), server_class, _QuietHandler)
+    return make_server(address, port, make_app(registry, title), server_class, _QuietHandler)

@@ -359,8 +359,12 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
     try:
         return PrometheusSettings(url=(url or "").rstrip("/"), timeout=timeout, headers=headers,
                                   bearer_token=token, verify_tls=verify)
-    except ValueError:
-        return None  # already reported above, with its key
+    except ValueError as error:
+        # What the checks above do not cover (a query string in the URL, a header
+        # value over two lines...); the message never carries a secret.
+        if not any(e.startswith(node.path + ".") for e in node.errors):
+            node.errors.append(f"{node.path}: {error}")
+        return None
 
 
 def _headers(value: Any) -> dict[str, str]:
@@ -448,7 +452,7 @@ def _service(node: _Node) -> ServiceConfig | None:
     node.at_least("min", low, 0)
     high = node.require("max", _integer)
     node.at_least("max", high, 1)
-    if low is not None and high is not None and low > high:
+    if low is not None and high is not None and low >= 0 and high >= 1 and low > high:
         node.error("max", f"must be >= min ({low}) (got {high})")
     fallback = node.get("fallback", _integer, None)
     node.at_least("fallback", fallback, 0)

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis
 from kombu import pools
 
-from tests.services import RedisServer
+from tests.aws import aws_env, ecs  # noqa: F401  (fixtures for the scaler's ECS tests)
+from tests.services import PrometheusServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,24 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_prometheus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., PrometheusServer]]:
+    """Start real prometheus servers: make_prometheus(targets=["127.0.0.1:PORT"], "1s")."""
+    servers: list[PrometheusServer] = []
+
+    def make(targets: Sequence[str] = (), scrape_interval: str = "1s") -> PrometheusServer:
+        server = PrometheusServer(
+            tmp_path_factory.mktemp("prometheus"),
+            targets=list(targets),
+            scrape_interval=scrape_interval,
+        )
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()

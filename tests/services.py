@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ from typing import TypeVar
 
 import pytest
 import redis
+import requests
 
 T = TypeVar("T")
 
@@ -88,6 +90,101 @@ class RedisServer:
         wait_for(probe.ping, what=f"redis-server on port {self.port}")
         probe.close()
         return self
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+@dataclass
+class PrometheusServer:
+    """A real prometheus scraping `targets` ("host:port", path /metrics)."""
+
+    directory: Path
+    targets: list[str] = field(default_factory=list)
+    scrape_interval: str = "1s"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PrometheusServer:
+        config = {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "evaluation_interval": self.scrape_interval,
+            },
+            "scrape_configs": [
+                {"job_name": "targets", "static_configs": [{"targets": list(self.targets)}]}
+            ]
+            if self.targets
+            else [],
+        }
+        config_file = self.directory / "prometheus.yml"
+        # JSON is YAML, and needs no YAML library here.
+        config_file.write_text(json.dumps(config, indent=2))
+        log = self.directory / "prometheus.log"
+        with log.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [
+                    require("prometheus"),
+                    f"--config.file={config_file}",
+                    f"--storage.tsdb.path={self.directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        process = self.process
+
+        def ready() -> str | None:
+            # "exited" is truthy so that a prometheus that died fails now, not at the deadline.
+            if process.poll() is not None:
+                return "exited"
+            response = requests.get(f"{self.url}/-/ready", timeout=1)
+            return "ready" if response.status_code == 200 else None
+
+        if wait_for(ready, what=f"prometheus on port {self.port}") == "exited":
+            self.process = None
+            raise AssertionError(
+                f"prometheus exited with code {process.returncode}:\n{log.read_text()[-2000:]}"
+            )
+        return self
+
+    def query(self, promql: str) -> list[float]:
+        """Values of an instant query, read without the scaler's client (which is under test)."""
+        response = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5)
+        response.raise_for_status()
+        data = response.json()["data"]
+        if data["resultType"] == "scalar":
+            return [float(data["result"][1])]
+        return [float(sample["value"][1]) for sample in data["result"]]
+
+    def wait_for_value(
+        self, promql: str, predicate: Callable[[list[float]], bool], timeout: float = 10.0
+    ) -> list[float]:
+        """Poll `promql` until predicate(values) holds (say, until a target was scraped)."""
+        values: list[float] = []
+
+        def holds() -> bool:
+            nonlocal values
+            values = self.query(promql)
+            return predicate(values)
+
+        try:
+            wait_for(holds, timeout=timeout, what=f"{promql} to match")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last values: {values}") from None
+        return values
 
     def stop(self) -> None:
         if self.process is None:

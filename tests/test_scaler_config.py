@@ -221,6 +221,8 @@ def test_plain_for_each_items_are_bound_to_item():
          ["prometheus.timeout: must be > 0 (got 0)"]),
         ("prometheus: {url: 'http://p', verify_tls: 'no'}\nservices: []", {},
          ["prometheus.verify_tls: must be true or false (got 'no')"]),
+        ("prometheus: {url: 'http://p/?x=1'}\nservices: []", {},
+         ["prometheus: prometheus url must not have a query string or fragment"]),
         ("prometheus: {url: 'http://p'}\ninterval: 0s\nservices: []", {},
          ["interval: must be > 0 (got 0)"]),
         ("prometheus: {url: 'http://p'}\nservices: []\nintervall: 5s", {},

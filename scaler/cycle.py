@@ -1,0 +1,206 @@
+"""One evaluation cycle over every service, and the loop that repeats it.
+
+The edges: queries go to Prometheus through a bounded thread pool (each
+distinct query once per cycle), counts come from ECS in DescribeServices
+batches, and UpdateService is called only when a count changes. Everything
+between is the pure `evaluate` and `decide`. A failure of one service (a query,
+its ECS service) never touches another, and nothing here lets the loop die.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
+from scaler.decision import Counts, Decision, History, Reason, decide
+from scaler.ecs import BackendError, EcsService, ServiceCounts, describe_many
+from scaler.evaluate import Evaluation, Result, evaluate, queries_of
+
+log = logging.getLogger(__name__)
+
+QueryFn = Callable[[str], Sequence[float]]
+ClientFactory = Callable[[str, str | None], Any]  # (region, endpoint_url) -> boto3 ECS client
+
+
+class Fleet:
+    """The ECS services behind the config, read in batches of one cluster."""
+
+    def __init__(self, services: Sequence[ServiceConfig], client_for: ClientFactory) -> None:
+        self._clients: dict[tuple[str, str | None], Any] = {}
+        self._backends: dict[str, EcsBackend] = {s.name: s.backend for s in services}
+        for backend in self._backends.values():
+            key = (backend.region, backend.endpoint_url)
+            if key not in self._clients:
+                self._clients[key] = client_for(*key)
+
+    def _client(self, backend: EcsBackend) -> Any:
+        return self._clients[(backend.region, backend.endpoint_url)]
+
+    def read(self) -> dict[str, ServiceCounts | BackendError]:
+        groups: dict[tuple[str, str | None, str], list[str]] = {}
+        for name, b in self._backends.items():
+            groups.setdefault((b.region, b.endpoint_url, b.cluster), []).append(name)
+        counts: dict[str, ServiceCounts | BackendError] = {}
+        for (region, endpoint, cluster), names in groups.items():
+            by_service = describe_many(self._clients[(region, endpoint)], cluster,
+                                       [self._backends[n].service for n in names])
+            for name in names:
+                counts[name] = by_service[self._backends[name].service]
+        return counts
+
+    def set_desired(self, name: str, count: int) -> None:
+        backend = self._backends[name]
+        EcsService(self._client(backend), backend.cluster, backend.service).set_desired(count)
+
+
+@dataclass
+class ServiceState:
+    """What the scaler remembers of a service between cycles, and exports."""
+
+    history: History = field(default_factory=History)
+    counts: ServiceCounts | None = None
+    decision: Decision | None = None
+    evaluation: Evaluation | None = None
+    last_success: float | None = None
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    service: str
+    before: int | None
+    after: int | None
+    reason: str
+    applied: bool
+
+
+class Scaler:
+    def __init__(
+        self,
+        config: ScalerConfig,
+        query: QueryFn,
+        fleet: Fleet,
+        *,
+        clock: Callable[[], float],
+        timer: Callable[[], float],
+        dry_run: bool = False,
+    ) -> None:
+        self.config = config
+        self._query = query
+        self._fleet = fleet
+        self._clock = clock
+        self._timer = timer
+        self._dry_run = dry_run
+        self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="query")
+        self.lock = threading.Lock()  # held while state changes; the collector reads under it
+        self.states: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
+        self.last_duration: float | None = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def run_once(self) -> list[Outcome]:
+        started = self._timer()
+        now = self._clock()
+        queries = list(dict.fromkeys(q for s in self.config.services for q in queries_of(s)))
+        futures: dict[str, Future[Sequence[float]]] = {
+            q: self._pool.submit(self._query, q) for q in queries
+        }
+        try:
+            counts = self._fleet.read()
+        except Exception as error:  # a bug or an unforeseen botocore error: hold everything
+            log.exception("reading the services failed")
+            counts = {s.name: BackendError("other", s.name, str(error))
+                      for s in self.config.services}
+        results: dict[str, Result] = {}
+        for q, future in futures.items():
+            try:
+                results[q] = list(future.result())
+            except Exception as error:
+                results[q] = error
+        outcomes = [self._service(s, counts[s.name], results, now) for s in self.config.services]
+        with self.lock:
+            self.last_duration = self._timer() - started
+        return outcomes
+
+    def _service(self, service: ServiceConfig, read: ServiceCounts | BackendError,
+                 results: Mapping[str, Result], now: float) -> Outcome:
+        state = self.states[service.name]
+        if isinstance(read, BackendError):
+            with self.lock:
+                state.errors[f"backend_{read.kind}"] += 1
+                state.decisions[("none", Reason.NO_DATA.value)] += 1
+            log.warning("service=%s backend error kind=%s: %s", service.name, read.kind, read)
+            return Outcome(service.name, None, None, Reason.NO_DATA.value, False)
+        counts = Counts(read.desired, read.running, read.pending)
+        evaluation = evaluate(service, results, counts)
+        decision = decide(evaluation.inputs, counts, service.limits, service.behavior,
+                          state.history, now)
+        applied, history = False, decision.history
+        if decision.count != counts.desired and not self._dry_run:
+            try:
+                self._fleet.set_desired(service.name, decision.count)
+                applied = True
+            except BackendError as error:
+                with self.lock:
+                    state.errors[f"backend_{error.kind}"] += 1
+                log.warning("service=%s cannot set desired count to %d, kind=%s: %s",
+                            service.name, decision.count, error.kind, error)
+                # Not made: the rate policies must not count it.
+                history = replace(history, changes=state.history.changes)
+        with self.lock:
+            state.history = history
+            state.counts = read
+            state.decision = decision
+            state.evaluation = evaluation
+            for kind, _ in evaluation.errors:
+                state.errors[kind] += 1
+            state.decisions[(decision.direction(counts.desired), decision.reason.value)] += 1
+            if not evaluation.errors:
+                state.last_success = now
+        self._log(service, counts, decision, evaluation, applied)
+        return Outcome(service.name, counts.desired, decision.count, decision.reason.value,
+                       applied)
+
+    def _log(self, service: ServiceConfig, counts: Counts, decision: Decision,
+             evaluation: Evaluation, applied: bool) -> None:
+        rules = " ".join(
+            f"{o.rule}={_show(o.value)}->{_show(o.recommendation)}" for o in evaluation.rules
+        )
+        level = logging.INFO if decision.count != counts.desired else logging.DEBUG
+        if evaluation.errors:
+            level = logging.WARNING
+        errors = "; ".join(message for _, message in evaluation.errors)
+        log.log(
+            level,
+            "service=%s desired=%d running=%d pending=%d new=%d reason=%s direction=%s "
+            "applied=%s dry_run=%s rules=[%s]%s",
+            service.name, counts.desired, counts.running, counts.pending, decision.count,
+            decision.reason.value, decision.direction(counts.desired), str(applied).lower(),
+            str(self._dry_run).lower(), rules, f" errors=[{errors}]" if errors else "",
+        )
+
+    def run(self, stop: threading.Event, once: bool = False) -> None:
+        """Evaluate every `interval` until `stop` is set; it is checked between cycles."""
+        while not stop.is_set():
+            started = self._timer()
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("evaluation cycle failed")
+            if once:
+                return
+            stop.wait(max(0.0, self.config.interval - (self._timer() - started)))
+
+
+def _show(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)

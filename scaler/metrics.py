@@ -1,0 +1,62 @@
+"""The scaler's own /metrics: families built fresh from its state at each scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import metric_names as m
+from scaler.cycle import Scaler
+
+
+def _gauge(spec: m.MetricSpec) -> GaugeMetricFamily:
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _counter(spec: m.MetricSpec) -> CounterMetricFamily:
+    return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+class ScalerCollector:
+    def __init__(self, scaler: Scaler) -> None:
+        self._scaler = scaler
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        desired = _gauge(m.SCALER_DESIRED)
+        current = _gauge(m.SCALER_CURRENT)
+        value = _gauge(m.SCALER_RULE_VALUE)
+        recommendation = _gauge(m.SCALER_RULE_RECOMMENDATION)
+        decisions = _counter(m.SCALER_DECISIONS)
+        errors = _counter(m.SCALER_ERRORS)
+        last_success = _gauge(m.SCALER_LAST_SUCCESS)
+        duration = _gauge(m.SCALER_EVALUATION_DURATION)
+        with self._scaler.lock:
+            for name, state in sorted(self._scaler.states.items()):
+                if state.decision is not None:
+                    desired.add_metric([name], state.decision.count)
+                if state.counts is not None:
+                    for label, count in (("desired", state.counts.desired),
+                                         ("running", state.counts.running),
+                                         ("pending", state.counts.pending)):
+                        current.add_metric([name, label], count)
+                if state.evaluation is not None:
+                    for outcome in state.evaluation.rules:
+                        if outcome.value is not None:
+                            value.add_metric([name, outcome.rule], outcome.value)
+                        if outcome.recommendation is not None:
+                            recommendation.add_metric([name, outcome.rule],
+                                                      outcome.recommendation)
+                for (direction, reason), total in sorted(state.decisions.items()):
+                    decisions.add_metric([name, direction, reason], total)
+                for kind, total in sorted(state.errors.items()):
+                    errors.add_metric([name, kind], total)
+                if state.last_success is not None:
+                    last_success.add_metric([name], state.last_success)
+            if self._scaler.last_duration is not None:
+                duration.add_metric([], self._scaler.last_duration)
+        yield from (desired, current, value, recommendation, decisions, errors, last_success,
+                    duration)

@@ -1,0 +1,298 @@
+"""Instant queries against Prometheus's HTTP API, with failures sorted into a few kinds.
+
+The client only fetches numbers: what NaN, an empty result or several series mean for a
+scaling decision is decided elsewhere, by a pure function over the values returned here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+QueryErrorKind = Literal["unreachable", "timeout", "http", "bad_response", "query"]
+
+# What requests itself accepts as a header value; checked up front because requests'
+# own error for a bad value quotes the value, which may be a secret.
+# (fullmatch: with `$` requests lets a trailing newline through, and http.client then
+# rejects the header quoting its value.)
+_VALID_HEADER_VALUE = re.compile(r"(\S[^\r\n]*)?")
+_NOT_JSON = object()
+_QUERY_IN_MESSAGE = 120
+_TEXT_IN_MESSAGE = 200
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    url: str
+    timeout: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    bearer_token: str | None = None
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        # Caught here rather than at the first query, so a bad config fails at start-up
+        # instead of looking like an outage on every cycle.
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            shown = _show_url(self.url)
+            raise ValueError(f"prometheus url must be http(s)://host[:port][/path], got {shown!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("prometheus url must not have a query string or fragment")
+        try:
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            raise ValueError(f"prometheus url has a bad port: {_show_url(self.url)!r}") from None
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise ValueError(f"prometheus timeout must be a positive number, got {self.timeout}")
+        if self.bearer_token is not None:
+            if not self.bearer_token:
+                raise ValueError("prometheus bearer_token is empty (unset variable?)")
+            if not _valid_header_value(self.bearer_token):
+                raise ValueError(
+                    "prometheus bearer_token has leading whitespace or a line break "
+                    "(read from a file with a trailing newline?)"
+                )
+            if any(name.lower() == "authorization" for name in self.headers):
+                raise ValueError(
+                    "prometheus: set either bearer_token or an Authorization header, not both"
+                )
+        for name, value in self.headers.items():
+            if not _valid_header_value(value):
+                raise ValueError(
+                    f"prometheus header {name!r}: value must be one line of text, no leading space"
+                )
+
+
+class QueryError(Exception):
+    """A query that gave no usable values; `kind` says which part of the trip failed."""
+
+    def __init__(
+        self, kind: QueryErrorKind, message: str, *, query: str, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind: QueryErrorKind = kind
+        self.query = query
+        self.status = status
+
+
+class PrometheusClient:
+    def __init__(
+        self, settings: PrometheusSettings, session: requests.Session | None = None
+    ) -> None:
+        self.settings = settings
+        self._endpoint = settings.url.rstrip("/") + "/api/v1/query"
+        self._shown_url = _show_url(settings.url)
+        headers = dict(settings.headers)
+        if settings.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {settings.bearer_token}"
+        self._headers = headers
+        secrets = [settings.bearer_token or "", urlsplit(settings.url).password or ""]
+        secrets += settings.headers.values()
+        # Longest first, so a secret that contains another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._owns_session = session is None
+        # One Session for every query and thread: it keeps connections alive, and
+        # concurrent requests through it are safe in practice because urllib3's pool is
+        # thread-safe and nothing here mutates the session (headers go with each request,
+        # and Prometheus sets no cookies). Past the adapter's pool size (10 threads) extra
+        # connections still work but are closed after use, with a urllib3 warning.
+        self._session = session if session is not None else requests.Session()
+
+    def close(self) -> None:
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> PrometheusClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def query(self, promql: str) -> list[float]:
+        """Values of an instant query, in Prometheus's order: one per sample, or one scalar."""
+        shown = _show_query(promql)
+        try:
+            # POST form, so a long query never meets a URL length limit. Redirects are not
+            # followed: requests would turn a POST into a body-less GET (Prometheus then
+            # reports "no expression found") and would carry our headers to another host.
+            response = self._session.post(
+                self._endpoint,
+                data={"query": promql},
+                headers=self._headers,
+                timeout=self.settings.timeout,
+                verify=self.settings.verify_tls,
+                allow_redirects=False,
+            )
+        except requests.Timeout as error:
+            raise self._timeout(promql, shown) from error
+        except requests.ConnectionError as error:
+            # requests reports a timeout while reading the body as a ConnectionError.
+            if any(isinstance(e, ReadTimeoutError | TimeoutError) for e in _chain(error)):
+                raise self._timeout(promql, shown) from error
+            raise QueryError(
+                "unreachable",
+                f"cannot reach prometheus at {self._shown_url} for query {shown}: "
+                f"{self._reason(error)}",
+                query=promql,
+            ) from error
+        except requests.RequestException as error:
+            raise QueryError(
+                "bad_response",
+                f"prometheus returned a bad response for query {shown}: {self._reason(error)}",
+                query=promql,
+            ) from error
+        return self._values(promql, shown, response)
+
+    def _values(self, promql: str, shown: str, response: requests.Response) -> list[float]:
+        status = response.status_code
+
+        def bad(detail: str) -> QueryError:
+            return QueryError(
+                "bad_response",
+                f"prometheus returned a bad response for query {shown}: {detail}",
+                query=promql,
+                status=status,
+            )
+
+        try:
+            body: Any = json.loads(response.content)
+        except (ValueError, RecursionError):
+            body = _NOT_JSON
+        error_text = self._error_text(body)
+
+        if not 200 <= status < 300:
+            if status in (400, 422) and error_text is not None:
+                raise QueryError(
+                    "query",
+                    f"prometheus rejected query {shown} {error_text}",
+                    query=promql,
+                    status=status,
+                )
+            message = f"prometheus returned HTTP {status} for query {shown}"
+            if error_text is not None:
+                message += f" {error_text}"
+            elif 300 <= status < 400:
+                location = self._clean(_show_url(response.headers.get("Location", "")))
+                message += f": redirected to {location or '(no Location)'}; set the url it names"
+            raise QueryError("http", message, query=promql, status=status)
+
+        if body is _NOT_JSON:
+            raise bad("body is not JSON")
+        if error_text is not None:
+            raise QueryError(
+                "query",
+                f"prometheus rejected query {shown} {error_text}",
+                query=promql,
+                status=status,
+            )
+        if not isinstance(body, dict) or body.get("status") != "success":
+            raise bad('expected a JSON object with "status": "success"')
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise bad('no "data" object')
+        result_type = data.get("resultType")
+        result = data.get("result")
+        if result_type == "vector":
+            if not isinstance(result, list):
+                raise bad('"result" of a vector is not a list')
+            values = []
+            for index, sample in enumerate(result):
+                pair = sample.get("value") if isinstance(sample, dict) else None
+                values.append(self._number(pair, f"sample {index}", bad))
+            return values
+        if result_type == "scalar":
+            return [self._number(result, "scalar", bad)]
+        if result_type in ("matrix", "string"):
+            raise bad(
+                f'result type "{result_type}" is not supported; '
+                "write the query to return an instant vector or a scalar"
+            )
+        raise bad(f"unknown result type {self._clean(str(result_type))!r}")
+
+    def _number(self, pair: object, what: str, bad: Callable[[str], QueryError]) -> float:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)):
+            raise bad(f'{what} is not a [timestamp, "value"] pair')
+        try:
+            return float(pair[1])
+        except ValueError:
+            raise bad(f"{what} value {self._clean(pair[1])!r} is not a number") from None
+
+    def _error_text(self, body: Any) -> str | None:
+        """`(errorType): error` of a Prometheus error body, one line, secrets hidden."""
+        if not (isinstance(body, dict) and body.get("status") == "error"):
+            return None
+        error = body.get("error")
+        error_type = body.get("errorType")
+        text = self._clean(error if isinstance(error, str) else "no error text")
+        if isinstance(error_type, str) and error_type:
+            return f"({self._clean(error_type, 40)}): {text}"
+        return f": {text}"
+
+    def _timeout(self, promql: str, shown: str) -> QueryError:
+        return QueryError(
+            "timeout",
+            f"prometheus at {self._shown_url} did not answer query {shown} "
+            f"within {self.settings.timeout:g}s",
+            query=promql,
+        )
+
+    def _reason(self, error: BaseException) -> str:
+        # The OS's words ("Connection refused", "Name or service not known") say more than
+        # urllib3's wrappers around them, which repeat host, port and object reprs.
+        chain = list(_chain(error))
+        for exc in chain:
+            if isinstance(exc, OSError) and exc.strerror:
+                return self._clean(exc.strerror)
+        deepest = chain[-1]
+        return self._clean(str(deepest) or type(deepest).__name__)
+
+    def _clean(self, text: str, limit: int = _TEXT_IN_MESSAGE) -> str:
+        """One line, at most `limit` characters, with no secret of ours in it."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return _one_line(text, limit)
+
+
+def _valid_header_value(value: object) -> bool:
+    return isinstance(value, str) and _VALID_HEADER_VALUE.fullmatch(value) is not None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The exception, then what it wraps (causes, urllib3 `reason`s, exceptions in args)."""
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        inner = [exc.__cause__, getattr(exc, "reason", None), *exc.args, exc.__context__]
+        stack.extend(e for e in reversed(inner) if isinstance(e, BaseException))
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show_query(promql: str) -> str:
+    return f"'{_one_line(promql, _QUERY_IN_MESSAGE)}'"
+
+
+def _show_url(url: str) -> str:
+    """The URL without user, password, query string or fragment (they may hold secrets)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        return _one_line(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 200)
+    except ValueError:
+        return "(unparsable url)"

@@ -1,0 +1,58 @@
+"""ECS through moto for the scaler's tests: fake credentials, a cluster, a task definition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from moto import mock_aws
+
+from scaler.ecs import ecs_client
+
+REGION = "us-east-1"
+CLUSTER = "workers"
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECS"):
+        monkeypatch.delenv(name, raising=False)
+    # It would change the runningCount moto gives a new service.
+    monkeypatch.delenv("MOTO_ECS_SERVICE_RUNNING", raising=False)
+
+
+def prepare(client: Any, cluster: str = CLUSTER) -> None:
+    client.create_cluster(clusterName=cluster)
+    client.register_task_definition(
+        family="worker",
+        containerDefinitions=[{"name": "worker", "image": "busybox", "memory": 128}],
+    )
+
+
+@pytest.fixture
+def ecs(aws_env: None) -> Iterator[Any]:
+    with mock_aws():
+        client = ecs_client(REGION)
+        prepare(client)
+        yield client
+
+
+def create_service(client: Any, name: str, desired: int, cluster: str = CLUSTER) -> None:
+    client.create_service(
+        cluster=cluster, serviceName=name, taskDefinition="worker", desiredCount=desired
+    )
+
+
+def desired_count(client: Any, name: str, cluster: str = CLUSTER) -> int:
+    return int(client.describe_services(cluster=cluster, services=[name])["services"][0][
+        "desiredCount"])

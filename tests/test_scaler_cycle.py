@@ -1,0 +1,195 @@
+"""One evaluation cycle end to end, ECS through moto, queries from a table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from exporter import metric_names as m
+from scaler.config import parse_config
+from scaler.cycle import Fleet, Scaler
+from scaler.ecs import ecs_client
+from scaler.metrics import ScalerCollector
+from scaler.prometheus import QueryError
+from tests.aws import CLUSTER, REGION, create_service, desired_count
+from tests.scrape import collect, value
+
+CONFIG = f"""
+prometheus: {{url: 'http://p:9090'}}
+interval: 1s
+services:
+  - name: "w-{{{{ item }}}}"
+    for_each: [a, b]
+    backend: {{cluster: {CLUSTER}, service: "celery-{{{{ item }}}}", region: {REGION}}}
+    min: 1
+    max: 8
+    rules:
+      - {{name: backlog, type: per_worker, query: 'backlog{{q="{{{{ item }}}}"}}', target: 10}}
+    behavior:
+      scale_down: {{stabilization_window: 0s}}
+"""
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Queries:
+    """Prometheus as a table: query -> values, or an exception to raise."""
+
+    def __init__(self, table: dict[str, Any]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    def __call__(self, promql: str) -> Sequence[float]:
+        self.asked.append(promql)
+        result = self.table[promql]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def make(ecs: Any, queries: Queries, *, dry_run: bool = False, text: str = CONFIG,
+         clock: Clock | None = None) -> Scaler:
+    config = parse_config(text, {})
+    fleet = Fleet(config.services, lambda region, endpoint: ecs)
+    return Scaler(config, queries, fleet, clock=clock or Clock(), timer=Clock(),
+                  dry_run=dry_run)
+
+
+@pytest.fixture
+def services(ecs: Any) -> Any:
+    create_service(ecs, "celery-a", 1)
+    create_service(ecs, "celery-b", 1)
+    return ecs
+
+
+def test_a_cycle_scales_each_service_by_its_own_rules(services):
+    queries = Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [0.0]})
+    scaler = make(services, queries)
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+
+    assert [(o.service, o.before, o.after, o.reason, o.applied) for o in outcomes] == [
+        ("w-a", 1, 5, "ScaleUp", True), ("w-b", 1, 1, "AtMin", False)]
+    assert desired_count(services, "celery-a") == 5
+    assert sorted(queries.asked) == ['backlog{q="a"}', 'backlog{q="b"}']
+
+    families = list(ScalerCollector(scaler).collect())
+    declared = {spec.name.removesuffix("_total"): spec for spec in m.SCALER_METRICS}
+    assert {f.name: f.documentation for f in families} == {
+        name: spec.help for name, spec in declared.items()}
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_desired_replicas", service="w-a") == 5
+    assert value(samples, "taskqueue_scaler_current_replicas", service="w-a",
+                 state="desired") == 1
+    assert value(samples, "taskqueue_scaler_rule_value", service="w-a", rule="backlog") == 45
+    assert value(samples, "taskqueue_scaler_rule_recommendation", service="w-a",
+                 rule="backlog") == 5
+    assert value(samples, "taskqueue_scaler_decisions_total", service="w-a", direction="up",
+                 reason="ScaleUp") == 1
+    assert value(samples, "taskqueue_scaler_last_success_timestamp_seconds", service="w-a") == 1000
+
+
+def test_dry_run_decides_but_never_changes_a_service(services):
+    scaler = make(services, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [45.0]}),
+                  dry_run=True)
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.after, o.applied) for o in outcomes] == [(5, False), (5, False)]
+    assert desired_count(services, "celery-a") == 1
+
+
+def test_a_failing_query_holds_only_its_service(services):
+    services.update_service(cluster=CLUSTER, service="celery-a", desiredCount=6)
+    error = QueryError("unreachable", "cannot reach prometheus", query='backlog{q="a"}')
+    scaler = make(services, Queries({'backlog{q="a"}': error, 'backlog{q="b"}': [30.0]}))
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.before, o.after, o.reason) for o in outcomes] == [(6, 6, "NoData"),
+                                                                   (1, 3, "ScaleUp")]
+    assert desired_count(services, "celery-a") == 6
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_errors_total", service="w-a", kind="unreachable") == 1
+    assert value(samples, "taskqueue_scaler_last_success_timestamp_seconds", service="w-a") is None
+
+
+def test_a_missing_ecs_service_is_counted_and_the_others_still_scale(ecs):
+    create_service(ecs, "celery-b", 1)  # celery-a does not exist
+    scaler = make(ecs, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [45.0]}))
+    try:
+        first = scaler.run_once()
+        second = scaler.run_once()  # and again: the loop goes on
+    finally:
+        scaler.close()
+    assert [(o.service, o.after, o.reason) for o in first + second] == [
+        ("w-a", None, "NoData"), ("w-b", 5, "ScaleUp"), ("w-a", None, "NoData"),
+        ("w-b", 5, "Hold")]
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_errors_total", service="w-a",
+                 kind="backend_not_found") == 2
+
+
+def test_a_refused_update_is_not_counted_as_made(services, monkeypatch):
+    scaler = make(services, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [10.0]}))
+    client = services
+
+    def denied(**kwargs: Any) -> None:
+        from botocore.exceptions import ClientError
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                          "UpdateService")
+
+    monkeypatch.setattr(client, "update_service", denied)
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.after, o.applied) for o in outcomes] == [(5, False), (1, False)]
+    assert scaler.states["w-a"].history.changes == ()
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_errors_total", service="w-a",
+                 kind="backend_denied") == 1
+
+
+def test_a_clock_drives_stabilization_across_cycles(services):
+    text = CONFIG.replace("stabilization_window: 0s", "stabilization_window: 60s")
+    clock = Clock()
+    queries = Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [0.0]})
+    scaler = make(services, queries, text=text, clock=clock)
+    try:
+        assert scaler.run_once()[0].after == 5
+        queries.table['backlog{q="a"}'] = [0.0]
+        clock.now += 30
+        assert (scaler.run_once()[0].after, scaler.states["w-a"].decision.reason) == (
+            5, "ScaleDownStabilized")
+        clock.now += 31
+        assert scaler.run_once()[0].after == 1
+    finally:
+        scaler.close()
+    assert desired_count(services, "celery-a") == 1
+
+
+def test_fleet_makes_one_client_per_region_and_endpoint(aws_env):
+    text = CONFIG.replace(f"region: {REGION}}}", "region: \"{{ 'eu-west-1' if item == 'a' "
+                                                 f"else '{REGION}' }}}}\"}}")
+    config = parse_config(text, {})
+    made: list[tuple[str, str | None]] = []
+
+    def factory(region: str, endpoint: str | None) -> Any:
+        made.append((region, endpoint))
+        return ecs_client(region, endpoint)
+
+    Fleet(config.services, factory)
+    assert made == [("eu-west-1", None), (REGION, None)]
