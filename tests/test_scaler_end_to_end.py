@@ -1,0 +1,263 @@
+"""The scaler end to end: a real Prometheus, moto's ECS as a server, the real CLI.
+
+A tiny HTTP target serves a queue depth the test sets; Prometheus scrapes it every
+second; `taskqueue-scaler run` evaluates every second and sets the desired count of a
+moto ECS service, which the test reads back. Depth 0, then a burst of 75 (8 workers
+at 10 each), then 25 and 0: the count must rise to 8, fall to 3 no sooner than the
+3 s scale-down stabilization window allows, then to 1.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from moto.server import ThreadedMotoServer
+
+from scaler.ecs import ecs_client
+from tests.aws import CLUSTER, FAKE_CREDENTIALS, REGION, create_service, desired_count, prepare
+from tests.services import PrometheusServer, free_port, wait_for
+
+SERVICE = "celery-default"
+NAME = "worker-default"  # the service's name in the scaler's config and logs
+QUERY = 'sum(taskqueue_queue_depth{queue="default"})'
+# Distinctive, so that finding it in the log means it leaked.
+SECRET_KEY = "e2e-fake-secret-Xq7pLm3vR9"
+
+CONFIG = """
+prometheus:
+  url: {prometheus}
+  timeout: 2s
+interval: 1s
+services:
+  - name: {name}
+    backend:
+      type: ecs
+      cluster: {cluster}
+      service: {service}
+      region: {region}
+      endpoint_url: {moto}
+    min: 1
+    max: 10
+    rules:
+      - name: backlog
+        type: per_worker
+        query: '{query}'
+        target: 10
+    behavior:
+      scale_up:
+        policies:
+          - {{type: workers, value: 4, period: 1s}}
+          - {{type: percent, value: 100, period: 1s}}
+      scale_down:
+        stabilization_window: 3s
+        policies:
+          - {{type: percent, value: 100, period: 1s}}
+"""
+
+# 2024-01-01 12:00:00,123 DEBUG scaler.cycle: service=... desired=1 ... new=1 reason=...
+DECISION = re.compile(
+    r"^(?P<time>\S+ \S+) \w+ scaler\.cycle: service=(?P<service>\S+) desired=(?P<desired>\d+) "
+    r".*? new=(?P<new>\d+) reason=(?P<reason>\w+) .*?rules=\[backlog=(?P<value>\S+)->"
+)
+
+
+class DepthTarget:
+    """A scrape target serving one queue depth, which the test changes."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = (
+                    "# TYPE taskqueue_queue_depth gauge\n"
+                    f'taskqueue_queue_depth{{queue="default",system="celery"}} {target.depth}\n'
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.address = f"127.0.0.1:{self.httpd.server_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def depth_target() -> Iterator[DepthTarget]:
+    target = DepthTarget()
+    yield target
+    target.close()
+
+
+@pytest.fixture
+def moto_ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    """moto as a server (the scaler is another process), with the service at 1 worker."""
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECS",
+                 "MOTO_ECS_SERVICE_RUNNING"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    client = ecs_client(REGION, endpoint_url=url, max_attempts=1)
+    prepare(client)
+    create_service(client, SERVICE, desired=1)
+    yield url, client
+    server.stop()
+
+
+def _decisions(log: Path) -> list[dict[str, Any]]:
+    found = []
+    for line in log.read_text().splitlines():
+        match = DECISION.match(line)
+        if match and match["service"] == NAME:
+            found.append({
+                "time": datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp(),
+                "desired": int(match["desired"]),
+                "new": int(match["new"]),
+                "reason": match["reason"],
+                "value": match["value"],
+            })
+    return found
+
+
+def _watch(client: Any, seen: list[int]) -> Callable[[int], bool]:
+    """A condition for wait_for: the desired count is `want`; records every distinct count."""
+
+    def reached(want: int) -> bool:
+        count = desired_count(client, SERVICE)
+        if not seen or seen[-1] != count:
+            seen.append(count)
+        return count == want
+
+    return reached
+
+
+@pytest.mark.integration
+def test_burst_scales_up_and_drain_scales_down(
+    tmp_path: Path,
+    depth_target: DepthTarget,
+    moto_ecs: tuple[str, Any],
+    make_prometheus: Callable[..., PrometheusServer],
+) -> None:
+    moto_url, ecs = moto_ecs
+    prometheus = make_prometheus(targets=[depth_target.address], scrape_interval="1s")
+    config = tmp_path / "scaler.yaml"
+    config.write_text(CONFIG.format(
+        prometheus=prometheus.url, name=NAME, cluster=CLUSTER, service=SERVICE, region=REGION,
+        moto=moto_url, query=QUERY,
+    ))
+    log = tmp_path / "scaler.log"
+    binary = Path(sys.executable).parent / "taskqueue-scaler"
+    with log.open("wb") as log_file:
+        scaler = subprocess.Popen(
+            [str(binary), "run", "--config", str(config), "--port", "0", "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=log_file,
+        )
+    try:
+        # --- idle: depth 0 keeps the service at its minimum of 1.
+        prometheus.wait_for_value(QUERY, lambda values: values == [0.0], timeout=20)
+        seen_at = len(_decisions(log))
+        wait_for(lambda: len(_decisions(log)) >= seen_at + 2, timeout=10,
+                 what="two scaler cycles after prometheus has the depth")
+        idle = _decisions(log)[seen_at:]
+        assert all(d["value"] == "0" and d["new"] == 1 for d in idle), idle
+        assert desired_count(ecs, SERVICE) == 1
+
+        # --- burst: 75 tasks at 10 per worker wants 8.
+        counts: list[int] = [1]
+        reached = _watch(ecs, counts)
+        depth_target.depth = 75
+        wait_for(lambda: reached(8), timeout=30, interval=0.1, what="desired count 8")
+        assert counts[0] == 1 and counts[-1] == 8
+        assert counts == sorted(counts), f"the count went down during the burst: {counts}"
+        # At most +4 or x2 per second: 1 cannot jump straight to 8.
+        assert len(counts) >= 3, counts
+
+        # --- draining: 25 left wants 3, but only after the 3 s stabilization window.
+        drain_counts: list[int] = [8]
+        draining = _watch(ecs, drain_counts)
+        depth_target.depth = 25
+        lowered = time.monotonic()
+        first_drop: float | None = None
+
+        def down_to_three() -> bool:
+            nonlocal first_drop
+            done = draining(3)
+            if first_drop is None and drain_counts[-1] < 8:
+                first_drop = time.monotonic() - lowered
+            return done
+
+        wait_for(down_to_three, timeout=30, interval=0.1, what="desired count 3")
+        assert first_drop is not None
+        # Prometheus may take up to a scrape interval to see the change, and the last
+        # cycle that saw 75 may have run up to an interval before it: the window ends
+        # no sooner than ~2 s after `lowered`, so generously: >= 2 s.
+        assert first_drop >= 2.0, f"scaled down {first_drop:.2f}s after the drain began"
+
+        # --- drained: back to the minimum of 1.
+        depth_target.depth = 0
+        wait_for(lambda: draining(1), timeout=30, interval=0.1, what="desired count 1")
+        assert drain_counts == [8, 3, 1], drain_counts
+
+        # The scaler's own metrics, on the port it picked.
+        address = wait_for(
+            lambda: re.search(r"metrics on http://[^:]+:(\d+)/metrics", log.read_text()),
+            timeout=5, what="the start-up line",
+        )
+        metrics = requests.get(f"http://127.0.0.1:{address[1]}/metrics", timeout=5).text
+        assert f'taskqueue_scaler_desired_replicas{{service="{NAME}"}} 1.0' in metrics
+    finally:
+        scaler.send_signal(signal.SIGTERM)
+        try:
+            code = scaler.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            scaler.kill()
+            scaler.wait()
+            raise
+    assert code == 0, log.read_text()[-3000:]
+
+    text = log.read_text()
+    decisions = _decisions(log)
+    assert any(d["reason"] == "ScaleUp" for d in decisions), text[-3000:]
+    assert any(d["reason"] == "ScaleDown" for d in decisions), text[-3000:]
+    assert re.search(rf"service={NAME} .*reason=ScaleUp", text)
+    assert re.search(rf"service={NAME} .*reason=ScaleDown ", text)
+    # 3 -> 1 is clamped by `min`, and logged as such.
+    assert re.search(rf"service={NAME} desired=3 .* new=1 reason=AtMin direction=down ", text)
+    assert SECRET_KEY not in text
+    assert "Traceback" not in text, text[-3000:]
+
+    # Per the log: the drop came no sooner than the window after the last high
+    # recommendation (scaler timestamps; the cycles' own clocks differ by their durations).
+    drop = next(i for i, d in enumerate(decisions) if d["reason"] == "ScaleDown")
+    last_high = max(i for i, d in enumerate(decisions[:drop]) if d["value"] == "75")
+    assert decisions[drop]["time"] - decisions[last_high]["time"] >= 2.5, decisions
+    print("burst counts:", counts, "drain counts:", drain_counts,
+          f"first drop after {first_drop:.2f}s")
