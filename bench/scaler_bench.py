@@ -29,36 +29,28 @@ import math
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
+# The test suite's real-service helpers: the same Prometheus and scrape target the
+# scaler's tests use.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.aws import FAKE_CREDENTIALS
+from tests.services import MetricsTarget, PrometheusServer
+
 TARGET_P99_MS = 1000.0
 CLUSTER = "workers"
-REGION = "us-east-1"
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SECURITY_TOKEN": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-}
-STARTUP_DEADLINE = 30.0
+REGION = "us-east-1"  # tests.aws.REGION
 SCRAPE_DEADLINE = 30.0
-POLL_INTERVAL = 0.1
 RULES_PER_SERVICE = 3
 DESCRIBE_BATCH = 10  # scaler.ecs.DESCRIBE_BATCH
 
@@ -71,12 +63,6 @@ def _step(message: str) -> None:
     print(f"... {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def queue_names(n: int) -> list[str]:
     return [f"q{i:03d}" for i in range(n)]
 
@@ -84,7 +70,7 @@ def queue_names(n: int) -> list[str]:
 # --------------------------------------------------------------------------- metrics target
 
 
-def exposition(queues: Sequence[str]) -> bytes:
+def exposition(queues: Sequence[str]) -> str:
     lines: list[str] = []
     for metric, kind in (("taskqueue_queue_depth", "gauge"), ("taskqueue_tasks_unacked", "gauge"),
                          ("taskqueue_oldest_task_age_seconds", "gauge")):
@@ -94,89 +80,24 @@ def exposition(queues: Sequence[str]) -> bytes:
                      "taskqueue_tasks_unacked": i % 7,
                      "taskqueue_oldest_task_age_seconds": (i * 13) % 120}[metric]
             lines.append(f'{metric}{{queue="{queue}",system="celery"}} {value}')
-    return ("\n".join(lines) + "\n").encode()
-
-
-@contextlib.contextmanager
-def metrics_target(body: bytes) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, name="target", daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- prometheus
 
 
-def _instant(url: str, promql: str) -> list[float]:
-    query = urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=5) as response:
-        data = json.load(response)["data"]
-    if data["resultType"] == "scalar":
-        return [float(data["result"][1])]
-    return [float(s["value"][1]) for s in data["result"]]
-
-
-def _wait(condition: Callable[[], bool], what: str, deadline: float,
-          proc: subprocess.Popen[bytes], log: Path) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SanityError(f"prometheus exited with code {proc.returncode} while waiting "
-                              f"for {what}:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(Exception):
-            if condition():
-                return
-        time.sleep(POLL_INTERVAL)
-    raise SanityError(f"timed out after {deadline:.0f}s waiting for {what}")
-
-
 @contextlib.contextmanager
-def prometheus(workdir: Path, target: str, expected_series: int) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    if binary is None:
+def running_prometheus(workdir: Path, target: str, expected_series: int) -> Iterator[str]:
+    if shutil.which("prometheus") is None:
         raise SanityError("prometheus is not installed (make system-deps installs it)")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    config = workdir / "prometheus.yml"
-    config.write_text(json.dumps({  # JSON is YAML
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "bench", "static_configs": [{"targets": [target]}]}],
-    }))
-    log = workdir / "prometheus.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log_file, stderr=subprocess.STDOUT)
+    server = PrometheusServer(workdir, targets=[target]).start()
     try:
-        _wait(lambda: urllib.request.urlopen(f"{url}/-/ready", timeout=1).status == 200,
-              "prometheus to be ready", STARTUP_DEADLINE, proc, log)
-        _wait(lambda: _instant(url, "count(taskqueue_queue_depth)") == [float(expected_series)],
-              f"count(taskqueue_queue_depth) == {expected_series}", SCRAPE_DEADLINE, proc, log)
-        yield url
+        server.wait_for_value("count(taskqueue_queue_depth)",
+                              lambda values: values == [float(expected_series)],
+                              timeout=SCRAPE_DEADLINE)
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 # --------------------------------------------------------------------------- scaler config
@@ -361,8 +282,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
                     cycles=args.cycles, concurrency=args.concurrency,
                     cpus=len(os.sched_getaffinity(0)))
     _step(f"starting a metrics target and prometheus for {len(queues)} queues")
-    with metrics_target(exposition(queues)) as target, \
-            prometheus(workdir, target, len(queues)) as url, mock_aws():
+    with contextlib.closing(MetricsTarget(exposition(queues))) as target, \
+            running_prometheus(workdir, target.address, len(queues)) as url, mock_aws():
         config = parse_config(config_text(url, queues, args.concurrency), {})
         if len(config.services) != args.services:
             raise SanityError(f"config has {len(config.services)} services")

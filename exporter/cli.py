@@ -18,7 +18,7 @@ from exporter import server
 from exporter.celery_redis import CeleryRedisReader
 from exporter.collector import QueueCollector
 from exporter.config import ConfigError, ExporterConfig, parse_config
-from exporter.redaction import RedactingFilter, redact_url, secrets_of_url
+from exporter.redaction import configure_logging, redact_url, secrets_of_url
 from exporter.rq_redis import RQReader
 
 PROG = "taskqueue-exporter"
@@ -54,15 +54,6 @@ def build_collector(
     return QueueCollector([celery, rq], clock=clock)
 
 
-def _configure_logging(level: str, secrets: tuple[str, ...]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 def _fail(message: str, secrets: tuple[str, ...] = ()) -> int:
     for secret in secrets:
         message = message.replace(secret, "***")
@@ -78,7 +69,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as error:
         return _fail(f"{error} (see --help)")
     secrets = secrets_of_url(config.broker_url)
-    _configure_logging(config.log_level, secrets)
+    configure_logging(config.log_level, secrets)
     shown_url = redact_url(config.broker_url)
 
     try:

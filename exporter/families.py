@@ -12,7 +12,7 @@ from exporter.snapshot import QueueSnapshot
 QueueKey = tuple[str, str]
 
 
-def _family(spec: m.MetricSpec) -> GaugeMetricFamily | CounterMetricFamily:
+def family(spec: m.MetricSpec) -> GaugeMetricFamily | CounterMetricFamily:
     if spec.type == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
@@ -27,33 +27,33 @@ def oldest_age(queue: QueueSnapshot, now: float) -> float:
 
 def queue_families(queues: Iterable[QueueSnapshot], now: float) -> list[Metric]:
     """One family per queue metric; a field that is None is left out for that queue."""
-    depth = _family(m.QUEUE_DEPTH)
-    age = _family(m.OLDEST_TASK_AGE)
-    unacked = _family(m.TASKS_UNACKED)
-    scheduled = _family(m.TASKS_SCHEDULED)
-    started = _family(m.TASKS_STARTED)
-    failed = _family(m.TASKS_FAILED)
+    depth = family(m.QUEUE_DEPTH)
+    age = family(m.OLDEST_TASK_AGE)
+    unacked = family(m.TASKS_UNACKED)
+    scheduled = family(m.TASKS_SCHEDULED)
+    started = family(m.TASKS_STARTED)
+    failed = family(m.TASKS_FAILED)
     optional = ((unacked, "unacked"), (scheduled, "scheduled"), (started, "started"),
                 (failed, "failed"))
     for q in sorted(queues, key=lambda q: (q.system, q.queue)):
         labels = [q.system, q.queue]
         depth.add_metric(labels, q.depth)
         age.add_metric(labels, oldest_age(q, now))
-        for family, field in optional:
+        for target, field in optional:
             value = getattr(q, field)
             if value is not None:
-                family.add_metric(labels, value)
+                target.add_metric(labels, value)
     return [depth, age, unacked, scheduled, started, failed]
 
 
 def exporter_families(
     scrape_duration: float, success: bool, unparseable_totals: Mapping[QueueKey, int]
 ) -> list[Metric]:
-    duration = _family(m.SCRAPE_DURATION)
+    duration = family(m.SCRAPE_DURATION)
     duration.add_metric([], scrape_duration)
-    ok = _family(m.SCRAPE_SUCCESS)
+    ok = family(m.SCRAPE_SUCCESS)
     ok.add_metric([], 1.0 if success else 0.0)
-    unparseable = _family(m.UNPARSEABLE_MESSAGES)
+    unparseable = family(m.UNPARSEABLE_MESSAGES)
     for (system, queue), total in sorted(unparseable_totals.items()):
         unparseable.add_metric([system, queue], total)
     return [duration, ok, unparseable]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 MASK = "***"
@@ -61,3 +63,15 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = message, None
         record.exc_text = text or None
         return True
+
+
+def configure_logging(level: str, secrets: Iterable[str], quiet: Iterable[str] = ()) -> None:
+    """One stderr handler that masks `secrets` in every line; `quiet` loggers at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(tuple(secrets)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from requests.adapters import HTTPAdapter
 
 from exporter import server
-from exporter.redaction import RedactingFilter
+from exporter.redaction import configure_logging
 from scaler.config import ConfigError, ScalerConfig, load_config
 from scaler.cycle import Fleet, Scaler
 from scaler.ecs import ecs_client
@@ -52,18 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str, secrets: tuple[str, ...]) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # botocore and urllib3 at INFO would log every request.
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _config_errors(path: str, error: ConfigError) -> int:
     for line in error.errors:
         print(f"{PROG}: {path}: {line}", file=sys.stderr)
@@ -94,7 +82,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     secrets = tuple(s for s in (config.prometheus.bearer_token, *config.prometheus.headers.values())
                     if s)
-    _configure_logging(args.log_level, secrets)
+    # botocore and urllib3 at INFO would log every request.
+    configure_logging(args.log_level, secrets, quiet=("botocore", "boto3", "urllib3"))
     address = args.listen_address or config.listen_address
     port = config.port if args.port is None else args.port
     prometheus = PrometheusClient(config.prometheus, session=_session(config))

@@ -171,12 +171,14 @@ class Scaler:
 
     def _log(self, service: ServiceConfig, counts: Counts, decision: Decision,
              evaluation: Evaluation, applied: bool) -> None:
-        rules = " ".join(
-            f"{o.rule}={_show(o.value)}->{_show(o.recommendation)}" for o in evaluation.rules
-        )
         level = logging.INFO if decision.count != counts.desired else logging.DEBUG
         if evaluation.errors:
             level = logging.WARNING
+        if not log.isEnabledFor(level):
+            return  # unchanged services, every cycle: skip building the line
+        rules = " ".join(
+            f"{o.rule}={_show(o.value)}->{_show(o.recommendation)}" for o in evaluation.rules
+        )
         errors = "; ".join(message for _, message in evaluation.errors)
         log.log(
             level,

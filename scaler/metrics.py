@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from exporter import metric_names as m
+from exporter.families import family
 from scaler.cycle import Scaler
-
-
-def _gauge(spec: m.MetricSpec) -> GaugeMetricFamily:
-    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-
-
-def _counter(spec: m.MetricSpec) -> CounterMetricFamily:
-    return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
 class ScalerCollector:
@@ -26,14 +19,14 @@ class ScalerCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        desired = _gauge(m.SCALER_DESIRED)
-        current = _gauge(m.SCALER_CURRENT)
-        value = _gauge(m.SCALER_RULE_VALUE)
-        recommendation = _gauge(m.SCALER_RULE_RECOMMENDATION)
-        decisions = _counter(m.SCALER_DECISIONS)
-        errors = _counter(m.SCALER_ERRORS)
-        last_success = _gauge(m.SCALER_LAST_SUCCESS)
-        duration = _gauge(m.SCALER_EVALUATION_DURATION)
+        desired = family(m.SCALER_DESIRED)
+        current = family(m.SCALER_CURRENT)
+        value = family(m.SCALER_RULE_VALUE)
+        recommendation = family(m.SCALER_RULE_RECOMMENDATION)
+        decisions = family(m.SCALER_DECISIONS)
+        errors = family(m.SCALER_ERRORS)
+        last_success = family(m.SCALER_LAST_SUCCESS)
+        duration = family(m.SCALER_EVALUATION_DURATION)
         with self._scaler.lock:
             for name, state in sorted(self._scaler.states.items()):
                 if state.decision is not None:

@@ -13,11 +13,9 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from moto.server import ThreadedMotoServer
 
 from scaler.ecs import ecs_client
 from tests.aws import CLUSTER, FAKE_CREDENTIALS, REGION, create_service, desired_count, prepare
-from tests.services import PrometheusServer, free_port, wait_for
+from tests.services import MetricsTarget, PrometheusServer, free_port, wait_for
 
 SERVICE = "celery-default"
 NAME = "worker-default"  # the service's name in the scaler's config and logs
@@ -73,41 +71,14 @@ DECISION = re.compile(
 )
 
 
-class DepthTarget:
-    """A scrape target serving one queue depth, which the test changes."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        target = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = (
-                    "# TYPE taskqueue_queue_depth gauge\n"
-                    f'taskqueue_queue_depth{{queue="default",system="celery"}} {target.depth}\n'
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.address = f"127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def depth_text(depth: int) -> str:
+    return ("# TYPE taskqueue_queue_depth gauge\n"
+            f'taskqueue_queue_depth{{queue="default",system="celery"}} {depth}\n')
 
 
 @pytest.fixture
-def depth_target() -> Iterator[DepthTarget]:
-    target = DepthTarget()
+def depth_target() -> Iterator[MetricsTarget]:
+    target = MetricsTarget(depth_text(0))
     yield target
     target.close()
 
@@ -162,7 +133,7 @@ def _watch(client: Any, seen: list[int]) -> Callable[[int], bool]:
 @pytest.mark.integration
 def test_burst_scales_up_and_drain_scales_down(
     tmp_path: Path,
-    depth_target: DepthTarget,
+    depth_target: MetricsTarget,
     moto_ecs: tuple[str, Any],
     make_prometheus: Callable[..., PrometheusServer],
 ) -> None:
@@ -193,7 +164,7 @@ def test_burst_scales_up_and_drain_scales_down(
         # --- burst: 75 tasks at 10 per worker wants 8.
         counts: list[int] = [1]
         reached = _watch(ecs, counts)
-        depth_target.depth = 75
+        depth_target.text = depth_text(75)
         wait_for(lambda: reached(8), timeout=30, interval=0.1, what="desired count 8")
         assert counts[0] == 1 and counts[-1] == 8
         assert counts == sorted(counts), f"the count went down during the burst: {counts}"
@@ -203,7 +174,7 @@ def test_burst_scales_up_and_drain_scales_down(
         # --- draining: 25 left wants 3, but only after the 3 s stabilization window.
         drain_counts: list[int] = [8]
         draining = _watch(ecs, drain_counts)
-        depth_target.depth = 25
+        depth_target.text = depth_text(25)
         lowered = time.monotonic()
         first_drop: float | None = None
 
@@ -222,7 +193,7 @@ def test_burst_scales_up_and_drain_scales_down(
         assert first_drop >= 2.0, f"scaled down {first_drop:.2f}s after the drain began"
 
         # --- drained: back to the minimum of 1.
-        depth_target.depth = 0
+        depth_target.text = depth_text(0)
         wait_for(lambda: draining(1), timeout=30, interval=0.1, what="desired count 1")
         assert drain_counts == [8, 3, 1], drain_counts
 

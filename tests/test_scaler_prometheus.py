@@ -6,10 +6,9 @@ import json
 import math
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from urllib3.exceptions import (
 )
 
 from scaler.prometheus import PrometheusClient, PrometheusSettings, QueryError
-from tests.services import PrometheusServer, free_port, wait_for
+from tests.services import MetricsTarget, PrometheusServer, free_port, wait_for
 
 URL = "http://prometheus.test:9090"
 ENDPOINT = f"{URL}/api/v1/query"
@@ -443,44 +442,20 @@ def test_real_connection_is_kept_alive_and_shared_by_threads(prometheus):
 
 
 @pytest.fixture
-def metrics_target() -> Iterator[Callable[[str], str]]:
-    """An HTTP server whose /metrics serves the text set by the test; gives 'host:port'."""
-    exposition = {"text": ""}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = exposition["text"].encode()
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def serve(text: str) -> str:
-        exposition["text"] = text
-        return f"127.0.0.1:{server.server_address[1]}"
-
-    yield serve
-    server.shutdown()
-    server.server_close()
-    thread.join()
+def metrics_target() -> Iterator[MetricsTarget]:
+    target = MetricsTarget()
+    yield target
+    target.close()
 
 
 @pytest.mark.integration
 def test_real_scraped_series(make_prometheus, metrics_target):
-    target = metrics_target(
+    metrics_target.text = (
         "# TYPE taskqueue_queue_depth gauge\n"
         'taskqueue_queue_depth{queue="a",system="celery"} 42\n'
         'taskqueue_queue_depth{queue="b",system="celery"} 7\n'
     )
-    prometheus = make_prometheus(targets=[target], scrape_interval="1s")
+    prometheus = make_prometheus(targets=[metrics_target.address], scrape_interval="1s")
     with PrometheusClient(settings(url=prometheus.url)) as client:
         # Prometheus 2.42 hands new targets to its scrapers only every 5 s, so the first
         # scrape comes about 5 s after start-up whatever the scrape interval.
