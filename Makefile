@@ -29,7 +29,8 @@ bench-exporter: system-deps $(STAMP)
 	$(VENV)/bin/python bench/exporter_bench.py
 
 bench-scaler: system-deps $(STAMP)
-	$(VENV)/bin/python bench/scaler_bench.py
+	$(VENV)/bin/python bench/scaler_bench.py --layout grouped
+	$(VENV)/bin/python bench/scaler_bench.py --layout per-service
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache *.egg-info

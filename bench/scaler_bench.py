@@ -3,10 +3,12 @@
 Starts a static metrics target (a thread) with three series for each of N queues,
 a private Prometheus scraping it every second, and ECS in process (moto) with N
 services in cluster "workers". The config is one `for_each` service definition
-over the N queues with three rules each (per_worker, threshold, drain), so a
-cycle sends 3 x N distinct queries through the scaler's bounded pool and reads
-the services in DescribeServices batches of 10. The scaler runs with
-dry_run=True: ECS is only read, never updated.
+over the N queues with three rules each (per_worker, threshold, drain). With
+--layout grouped (the default) each rule is one `sum by (queue)` query that every
+service reads its own series from (match_labels), so a cycle sends 3 queries;
+with --layout per-service each service has its own queries, 3 x N a cycle. The
+services are read in DescribeServices batches of 10, 4 in flight. The scaler
+runs with dry_run=True: ECS is only read, never updated.
 
 Reported: cycle time (wall, `Scaler.run_once`) p50/p99 over --cycles cycles; within
 a cycle, the query phase (first query sent to last answer) and the ECS read
@@ -14,7 +16,7 @@ a cycle, the query phase (first query sent to last answer) and the ECS read
 Prometheus and ECS API calls per cycle.
 
 Run: .venv/bin/python bench/scaler_bench.py [--services N] [--cycles N]
-     [--concurrency N] [--json PATH]
+     [--concurrency N] [--layout grouped|per-service] [--json PATH]
 
 Exit 0 with a report (the target may be missed), 1 if a sanity check fails.
 """
@@ -44,6 +46,7 @@ from requests.adapters import HTTPAdapter
 # The test suite's real-service helpers: the same Prometheus and scrape target the
 # scaler's tests use.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scaler.prometheus import Sample
 from tests.aws import FAKE_CREDENTIALS
 from tests.services import MetricsTarget, PrometheusServer
 
@@ -103,7 +106,21 @@ def running_prometheus(workdir: Path, target: str, expected_series: int) -> Iter
 # --------------------------------------------------------------------------- scaler config
 
 
-def config_text(prometheus_url: str, queues: Sequence[str], concurrency: int) -> str:
+def config_text(prometheus_url: str, queues: Sequence[str], concurrency: int,
+                layout: str) -> str:
+    if layout == "grouped":
+        # One query per rule for every queue; each service reads its queue's series.
+        selector = {"match_labels": {"queue": "{{ item }}"}}
+        backlog = ("sum by (queue) (taskqueue_queue_depth) + "
+                   "sum by (queue) (taskqueue_tasks_unacked)")
+        age = "max by (queue) (taskqueue_oldest_task_age_seconds)"
+        depth = "sum by (queue) (taskqueue_queue_depth)"
+    else:
+        selector = {}
+        backlog = ('sum(taskqueue_queue_depth{queue="{{ item }}"}) + '
+                   'sum(taskqueue_tasks_unacked{queue="{{ item }}"})')
+        age = 'max(taskqueue_oldest_task_age_seconds{queue="{{ item }}"})'
+        depth = 'sum(taskqueue_queue_depth{queue="{{ item }}"})'
     service = {
         "name": "worker-{{ item }}",
         "for_each": list(queues),
@@ -111,14 +128,12 @@ def config_text(prometheus_url: str, queues: Sequence[str], concurrency: int) ->
                     "region": REGION},
         "min": 0,
         "max": 50,
+        **selector,
         "rules": [
-            {"name": "backlog", "type": "per_worker", "target": 10,
-             "query": 'sum(taskqueue_queue_depth{queue="{{ item }}"}) + '
-                      'sum(taskqueue_tasks_unacked{queue="{{ item }}"})'},
-            {"name": "age", "type": "threshold", "above": 60, "below": 5,
-             "query": 'max(taskqueue_oldest_task_age_seconds{queue="{{ item }}"})'},
+            {"name": "backlog", "type": "per_worker", "target": 10, "query": backlog},
+            {"name": "age", "type": "threshold", "above": 60, "below": 5, "query": age},
             {"name": "drain", "type": "drain", "throughput": "2/min", "drain_within": "10m",
-             "startup_delay": "1m", "query": 'sum(taskqueue_queue_depth{queue="{{ item }}"})'},
+             "startup_delay": "1m", "query": depth},
         ],
     }
     return json.dumps({"prometheus": {"url": prometheus_url}, "interval": "15s",
@@ -131,7 +146,7 @@ def config_text(prometheus_url: str, queues: Sequence[str], concurrency: int) ->
 class QueryTrace:
     """Wraps the query function: per cycle, first send and last answer, and failures."""
 
-    def __init__(self, query: Callable[[str], Sequence[float]]) -> None:
+    def __init__(self, query: Callable[[str], Sequence[Sample]]) -> None:
         self._query = query
         self._lock = threading.Lock()
         self.reset()
@@ -143,7 +158,7 @@ class QueryTrace:
             self.calls = 0
             self.failures: list[str] = []
 
-    def __call__(self, promql: str) -> Sequence[float]:
+    def __call__(self, promql: str) -> Sequence[Sample]:
         started = time.perf_counter()
         try:
             return self._query(promql)
@@ -192,6 +207,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 @dataclass
 class Report:
     services: int
+    layout: str
     rules_per_service: int
     cycles: int
     concurrency: int
@@ -235,7 +251,7 @@ def render(r: Report) -> str:
     verdict = "PASS" if r.p99_ok else "FAIL"
     return "\n".join([
         f"scaler benchmark: {r.services} services x {r.rules_per_service} rules, "
-        f"{r.distinct_queries} distinct queries, concurrency {r.concurrency}, "
+        f"{r.layout} queries ({r.distinct_queries} distinct), concurrency {r.concurrency}, "
         f"{r.cpus} CPUs, dry run",
         f"cycle time (run_once, wall, {r.cycles} cycles)  {_pcts(r.cycle_ms)}   "
         f"target p99 < {TARGET_P99_MS:.0f} ms: {verdict}",
@@ -257,6 +273,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--services", type=int, default=200)
     p.add_argument("--cycles", type=int, default=30)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--layout", choices=("grouped", "per-service"), default="grouped",
+                   help="grouped: one `sum by (queue)` query per rule for every service; "
+                        "per-service: each service's own queries (3 x services)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = p.parse_args(argv)
     if args.services < 1 or args.cycles < 1 or args.concurrency < 1:
@@ -278,13 +297,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
 
     started = time.perf_counter()
     queues = queue_names(args.services)
-    report = Report(services=args.services, rules_per_service=RULES_PER_SERVICE,
+    report = Report(services=args.services, layout=args.layout, rules_per_service=RULES_PER_SERVICE,
                     cycles=args.cycles, concurrency=args.concurrency,
                     cpus=len(os.sched_getaffinity(0)))
     _step(f"starting a metrics target and prometheus for {len(queues)} queues")
     with contextlib.closing(MetricsTarget(exposition(queues))) as target, \
             running_prometheus(workdir, target.address, len(queues)) as url, mock_aws():
-        config = parse_config(config_text(url, queues, args.concurrency), {})
+        config = parse_config(config_text(url, queues, args.concurrency, args.layout), {})
         if len(config.services) != args.services:
             raise SanityError(f"config has {len(config.services)} services")
         ecs = ecs_client(REGION)
@@ -306,7 +325,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
         http_requests = Counter()
         session.hooks["response"].append(http_requests)
         client = PrometheusClient(config.prometheus, session=session)
-        trace = QueryTrace(client.query)
+        trace = QueryTrace(client.query_samples)
 
         class TimedFleet(Fleet):
             last_read_ms = 0.0

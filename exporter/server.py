@@ -19,8 +19,13 @@ LANDING = """<html><head><title>{title}</title></head><body>
 """
 
 
+# Returns None when healthy, else why not (one line, served with a 503).
+HealthCheck = Callable[[], str | None]
+
+
 def make_app(
-    registry: CollectorRegistry, title: str = "taskqueue-exporter"
+    registry: CollectorRegistry, title: str = "taskqueue-exporter",
+    health: HealthCheck | None = None,
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
     landing = LANDING.format(title=title).encode()
@@ -30,6 +35,11 @@ def make_app(
         if path == "/metrics":
             return metrics(environ, start_response)
         if path == "/healthz":
+            problem = health() if health is not None else None
+            if problem is not None:
+                start_response("503 Service Unavailable",
+                               [("Content-Type", "text/plain; charset=utf-8")])
+                return [f"unhealthy: {problem}\n".encode()]
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"ok\n"]
         if path == "/":
@@ -56,10 +66,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def bind(
-    address: str, port: int, registry: CollectorRegistry, title: str = "taskqueue-exporter"
+    address: str, port: int, registry: CollectorRegistry, title: str = "taskqueue-exporter",
+    health: HealthCheck | None = None,
 ) -> WSGIServer:
     """Bind the listening socket; raises OSError (address in use, bad address)."""
     server_class = _ThreadingServer
     if ":" in address:
         server_class = _ThreadingServer6
-    return make_server(address, port, make_app(registry, title), server_class, _QuietHandler)
+    return make_server(address, port, make_app(registry, title, health), server_class,
+                       _QuietHandler)

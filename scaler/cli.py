@@ -88,12 +88,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     port = config.port if args.port is None else args.port
     prometheus = PrometheusClient(config.prometheus, session=_session(config))
     fleet = Fleet(config.services, lambda region, endpoint: ecs_client(region, endpoint))
-    scaler = Scaler(config, prometheus.query, fleet, clock=time.time, timer=time.monotonic,
+    scaler = Scaler(config, prometheus.query_samples, fleet, clock=time.time, timer=time.monotonic,
                     dry_run=args.dry_run)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScalerCollector(scaler))
     try:
-        httpd = server.bind(address, port, registry, title=PROG)
+        httpd = server.bind(address, port, registry, title=PROG, health=scaler.stalled)
     except OSError as error:
         print(f"{PROG}: error: cannot listen on {address}:{port}: {error.strerror or error}",
               file=sys.stderr)

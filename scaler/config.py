@@ -32,6 +32,8 @@ T = TypeVar("T")
 RuleKind = Literal["per_worker", "drain", "threshold", "expression"]
 RULE_KINDS: tuple[RuleKind, ...] = ("per_worker", "drain", "threshold", "expression")
 DEFAULT_PORT = 9809
+# (label, value) pairs a series must carry to be read; () reads every series.
+Selector = tuple[tuple[str, str], ...]
 
 
 class ConfigError(ValueError):
@@ -62,6 +64,9 @@ class RuleConfig:
     throughput: float | None = None
     throughput_query: str | None = None
     arrival_query: str | None = None
+    # Which series of each of the rule's query results this service reads: one
+    # `sum by (queue)` query then serves every service of a for_each.
+    match_labels: Selector = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class ServiceConfig:
     rules: tuple[RuleConfig, ...]
     activation_query: str | None = None
     scale_down_guard: str | None = None
+    match_labels: Selector = ()  # for activation_query and scale_down_guard
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,22 @@ def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"must be true or false (got {_show(value)})")
     return value
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _selector(value: Any) -> Selector:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"must map label names to values (got {_show(value)})")
+    pairs = []
+    for name, label_value in value.items():
+        if not isinstance(name, str) or not _LABEL_NAME.match(name):
+            raise _Invalid(f"label name {_show(name)} is not a valid Prometheus label name")
+        if isinstance(label_value, bool) or not isinstance(label_value, str | int | float):
+            raise _Invalid(f"label {name}: value must be a string (got {_show(label_value)})")
+        pairs.append((name, str(label_value)))
+    return tuple(sorted(pairs))
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -420,12 +442,13 @@ def _render_tree(node: _Node, variables: Mapping[str, Any], templates: _Template
                  label: str) -> _Node:
     """The service with every string rendered: queries escaped for PromQL, the rest plain."""
 
-    def render(value: Any, key: str, path: str) -> Any:
+    def render(value: Any, key: str, path: str, plain: bool = False) -> Any:
         if isinstance(value, str):
             if "{" not in value:
                 return value
             try:
-                return templates.render(value, variables, promql=key in _QUERY_KEYS)
+                promql = key in _QUERY_KEYS and not plain
+                return templates.render(value, variables, promql=promql)
             except _Invalid as problem:
                 where = f" (for_each {label})" if label else ""
                 entry = f"{path}: {problem}{where}"
@@ -433,9 +456,11 @@ def _render_tree(node: _Node, variables: Mapping[str, Any], templates: _Template
                     node.errors.append(entry)
                 return value
         if isinstance(value, Mapping):
-            return {k: render(v, str(k), f"{path}.{k}") for k, v in value.items()}
+            # A label selector's values are compared with label values, not put in PromQL.
+            inner = plain or key == "match_labels"
+            return {k: render(v, str(k), f"{path}.{k}", inner) for k, v in value.items()}
         if isinstance(value, list):
-            return [render(v, key, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [render(v, key, f"{path}[{i}]", plain) for i, v in enumerate(value)]
         return value
 
     data = {k: v if k in ("vars", "for_each") else render(v, str(k), f"{node.path}.{k}")
@@ -460,8 +485,9 @@ def _service(node: _Node) -> ServiceConfig | None:
         node.error("fallback", f"must be <= max ({high}) (got {fallback})")
     failure_threshold = node.get("failure_threshold", _integer, 3)
     node.at_least("failure_threshold", failure_threshold, 1)
+    selector = node.get("match_labels", _selector, ())
     rule_nodes = node.items("rules")
-    rules = tuple(r for r in (_rule(n, i) for i, n in enumerate(rule_nodes)) if r)
+    rules = tuple(r for r in (_rule(n, i, selector) for i, n in enumerate(rule_nodes)) if r)
     if node.data.get("rules") is None or node.data.get("rules") == []:
         node.error("rules", "at least one rule is required")
     activation = node.get("activation_query", _string, None)
@@ -479,6 +505,7 @@ def _service(node: _Node) -> ServiceConfig | None:
         name=name, backend=backend,
         limits=Limits(min=low, max=high, fallback=fallback, failure_threshold=failure_threshold),
         behavior=behavior, rules=rules, activation_query=activation, scale_down_guard=guard,
+        match_labels=selector,
     )
 
 
@@ -497,10 +524,12 @@ def _backend(node: _Node | None) -> EcsBackend | None:
     return EcsBackend(cluster=cluster, service=service, region=region, endpoint_url=endpoint)
 
 
-def _rule(node: _Node, index: int) -> RuleConfig | None:
+def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:
     kind = node.require("type", _choice(*RULE_KINDS))
     name = node.get("name", _string, f"{kind or 'rule'}-{index}")
     query = node.require("query", _string)
+    # The rule's own match_labels replace the service's; {} reads every series.
+    selector = node.get("match_labels", _selector, service_selector)
     aggregate = node.get("aggregate", _choice("sum", "max"), None)
     on_empty = node.get("on_empty", _choice("hold", "zero"), "hold")
     rule: PerWorker | Drain | Threshold | Expression | None = None
@@ -520,7 +549,8 @@ def _rule(node: _Node, index: int) -> RuleConfig | None:
     if rule is None or query is None or kind is None:
         return None
     return RuleConfig(name=name, kind=kind, query=query, rule=rule,  # type: ignore[arg-type]
-                      aggregate=aggregate, on_empty=on_empty, **extra)  # type: ignore[arg-type]
+                      aggregate=aggregate, on_empty=on_empty,  # type: ignore[arg-type]
+                      match_labels=selector, **extra)
 
 
 def _drain(node: _Node) -> tuple[Drain | None, dict[str, Any]]:

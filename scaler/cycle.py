@@ -20,11 +20,18 @@ from typing import Any
 from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
 from scaler.decision import Counts, Decision, History, Reason, decide
 from scaler.ecs import BackendError, EcsService, ServiceCounts, describe_many
-from scaler.evaluate import Evaluation, Result, evaluate, queries_of
+from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
+from scaler.prometheus import Sample
 
 log = logging.getLogger(__name__)
 
-QueryFn = Callable[[str], Sequence[float]]
+QueryFn = Callable[[str], Sequence[Sample]]
+# DescribeServices calls in flight per cluster: 200 services are 20 calls, 2-3 s one
+# after another against AWS, yet few enough not to meet ECS's API rate limit.
+DESCRIBE_CONCURRENCY = 4
+# /healthz turns 503 when no cycle has finished for 3 intervals plus this (seconds):
+# room for a cycle slowed by query and ECS timeouts.
+STALL_GRACE = 60.0
 ClientFactory = Callable[[str, str | None], Any]  # (region, endpoint_url) -> boto3 ECS client
 
 
@@ -49,7 +56,8 @@ class Fleet:
         counts: dict[str, ServiceCounts | BackendError] = {}
         for (region, endpoint, cluster), names in groups.items():
             by_service = describe_many(self._clients[(region, endpoint)], cluster,
-                                       [self._backends[n].service for n in names])
+                                       [self._backends[n].service for n in names],
+                                       concurrency=DESCRIBE_CONCURRENCY)
             for name in names:
                 counts[name] = by_service[self._backends[name].service]
         return counts
@@ -102,6 +110,8 @@ class Scaler:
         self.lock = threading.Lock()  # held while state changes; the collector reads under it
         self.states: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
         self.last_duration: float | None = None
+        self._started = timer()
+        self._last_cycle_end: float | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -110,7 +120,7 @@ class Scaler:
         started = self._timer()
         now = self._clock()
         queries = list(dict.fromkeys(q for s in self.config.services for q in queries_of(s)))
-        futures: dict[str, Future[Sequence[float]]] = {
+        futures: dict[str, Future[Sequence[Sample]]] = {
             q: self._pool.submit(self._query, q) for q in queries
         }
         try:
@@ -122,13 +132,32 @@ class Scaler:
         results: dict[str, Result] = {}
         for q, future in futures.items():
             try:
-                results[q] = list(future.result())
+                results[q] = SampleSet(future.result())
             except Exception as error:
                 results[q] = error
         outcomes = [self._service(s, counts[s.name], results, now) for s in self.config.services]
+        ended = self._timer()
         with self.lock:
-            self.last_duration = self._timer() - started
+            self.last_duration = ended - started
+            self._last_cycle_end = ended
         return outcomes
+
+    def stalled(self) -> str | None:
+        """Why the loop looks hung (no cycle finished for 3 intervals plus a minute), or None.
+
+        For /healthz: a restart cures a hung loop; it does not cure an unreachable
+        Prometheus or ECS, so those (the loop runs and holds) keep it healthy.
+        """
+        with self.lock:
+            last = self._last_cycle_end
+        idle = self._timer() - (self._started if last is None else last)
+        if idle <= 3 * self.config.interval + STALL_GRACE:
+            return None
+        if last is None:
+            return (f"no evaluation cycle has finished in the {idle:.0f}s since start-up "
+                    f"(interval {self.config.interval:g}s)")
+        return (f"the last evaluation cycle finished {idle:.0f}s ago "
+                f"(interval {self.config.interval:g}s)")
 
     def _service(self, service: ServiceConfig, read: ServiceCounts | BackendError,
                  results: Mapping[str, Result], now: float) -> Outcome:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
@@ -259,49 +260,70 @@ class EcsService:
 
 
 def describe_many(
-    client: Any, cluster: str, services: Sequence[str]
+    client: Any, cluster: str, services: Sequence[str], *, concurrency: int = 1
 ) -> dict[str, ServiceCounts | BackendError]:
     """Counts for many services of one cluster, in DescribeServices calls of 10.
 
     The result maps each requested name (as given) to its counts or to the BackendError
     for that service alone, so one missing service does not hide the others. When a whole
     call fails for a reason that would fail the next calls too (throttled, denied, cluster
-    missing, unreachable), the remaining services get that error without further calls:
-    hammering a throttled or unreachable API only makes the next round worse.
+    missing, unreachable), the services of calls not yet made get that error without a
+    call: hammering a throttled or unreachable API only makes the next round worse.
+    `concurrency` calls are in flight at once (each is a round trip of 50-150 ms to AWS).
     """
     wanted = list(dict.fromkeys(services))
-    results: dict[str, ServiceCounts | BackendError] = {}
-    for start in range(0, len(wanted), DESCRIBE_BATCH):
-        batch = wanted[start : start + DESCRIBE_BATCH]
+    batches = [wanted[i : i + DESCRIBE_BATCH] for i in range(0, len(wanted), DESCRIBE_BATCH)]
+    stopped: list[BackendError] = []  # the first whole-call failure that stops the rest
+
+    def marked(error: BackendError, batch: list[str]) -> dict[str, ServiceCounts | BackendError]:
+        return {s: BackendError(error.kind, f"{cluster}/{s}", error.detail, error.code)
+                for s in batch}
+
+    def describe(batch: list[str]) -> dict[str, ServiceCounts | BackendError]:
+        if stopped:
+            return marked(stopped[0], batch)
         try:
             response = _call(
                 f"{cluster}/{batch[0]}",
                 "DescribeServices",
-                lambda batch=batch: client.describe_services(cluster=cluster, services=batch),
+                lambda: client.describe_services(cluster=cluster, services=batch),
             )
         except BackendError as error:
-            stop = error.kind != "other"
-            for service in wanted[start:] if stop else batch:
+            if error.kind != "other":
+                stopped.append(error)
+            return marked(error, batch)
+        return _described(response, cluster, batch)
+
+    results: dict[str, ServiceCounts | BackendError] = {}
+    if concurrency <= 1 or len(batches) <= 1:
+        for batch in batches:
+            results.update(describe(batch))
+        return results
+    with ThreadPoolExecutor(min(concurrency, len(batches)),
+                            thread_name_prefix="describe") as pool:
+        for found in pool.map(describe, batches):
+            results.update(found)
+    return {s: results[s] for s in wanted}
+
+
+def _described(
+    response: dict[str, Any], cluster: str, batch: Sequence[str]
+) -> dict[str, ServiceCounts | BackendError]:
+    described = {d.get("serviceName", ""): d for d in response.get("services", [])}
+    failed = {_short_name(str(f.get("arn", ""))): f for f in response.get("failures", [])}
+    results: dict[str, ServiceCounts | BackendError] = {}
+    for service in batch:
+        name = f"{cluster}/{service}"
+        short = _short_name(service)
+        try:
+            if short in described:
+                results[service] = _counts_of(described[short], name)
+            elif short in failed:
+                results[service] = _failure_error(failed[short], name)
+            else:
                 results[service] = BackendError(
-                    error.kind, f"{cluster}/{service}", error.detail, error.code
+                    "other", name, "DescribeServices answered neither counts nor a failure"
                 )
-            if stop:
-                break
-            continue
-        described = {d.get("serviceName", ""): d for d in response.get("services", [])}
-        failed = {_short_name(str(f.get("arn", ""))): f for f in response.get("failures", [])}
-        for service in batch:
-            name = f"{cluster}/{service}"
-            short = _short_name(service)
-            try:
-                if short in described:
-                    results[service] = _counts_of(described[short], name)
-                elif short in failed:
-                    results[service] = _failure_error(failed[short], name)
-                else:
-                    results[service] = BackendError(
-                        "other", name, "DescribeServices answered neither counts nor a failure"
-                    )
-            except BackendError as error:
-                results[service] = error
+        except BackendError as error:
+            results[service] = error
     return results

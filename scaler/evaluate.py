@@ -11,12 +11,39 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scaler.config import RuleConfig, ServiceConfig
+from scaler.config import RuleConfig, Selector, ServiceConfig
 from scaler.decision import Counts, Inputs
+from scaler.prometheus import Sample
 from scaler.rules import Drain, RuleError, reduce_result
 
-# A query's result: the values Prometheus returned, or why there are none.
-Result = Sequence[float] | Exception
+
+class SampleSet:
+    """A query's samples, indexed by label values on first use by a selector.
+
+    One grouped query (`sum by (queue)`) is read by every service of a for_each:
+    a lookup per service keeps a cycle linear in the number of services.
+    """
+
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = tuple(samples)
+        self._indexes: dict[tuple[str, ...], dict[tuple[str | None, ...], list[float]]] = {}
+
+    def values(self, selector: Selector) -> list[float]:
+        if not selector:
+            return [sample.value for sample in self.samples]
+        names = tuple(name for name, _ in selector)
+        index = self._indexes.get(names)
+        if index is None:
+            index = {}
+            for sample in self.samples:
+                key = tuple(sample.labels.get(name) for name in names)
+                index.setdefault(key, []).append(sample.value)
+            self._indexes[names] = index
+        return list(index.get(tuple(value for _, value in selector), ()))
+
+
+# A query's result: the samples Prometheus returned, or why there are none.
+Result = SampleSet | Sequence[Sample] | Exception
 
 
 @dataclass(frozen=True)
@@ -44,13 +71,32 @@ def queries_of(service: ServiceConfig) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _value(results: Mapping[str, Result], query: str, rule: RuleConfig) -> float:
+def _selected(results: Mapping[str, Result], query: str, selector: Selector) -> list[float]:
+    """The values of the series this service reads from a query's result."""
     result = results.get(query)
     if result is None:
         raise RuleError("not_run", "query was not run")
     if isinstance(result, Exception):
         raise RuleError(getattr(result, "kind", "query"), str(result))
-    return reduce_result(result, rule.aggregate, rule.on_empty)
+    return (result if isinstance(result, SampleSet) else SampleSet(result)).values(selector)
+
+
+def _show_selector(selector: Selector) -> str:
+    return "{" + ", ".join(f'{name}="{value}"' for name, value in selector) + "}"
+
+
+def _value(results: Mapping[str, Result], query: str, rule: RuleConfig) -> float:
+    values = _selected(results, query, rule.match_labels)
+    if rule.match_labels:
+        # Name the selector: with one query for many services, "no series" most
+        # often means this service's label value is missing from the result.
+        shown = _show_selector(rule.match_labels)
+        if not values and rule.on_empty == "hold":
+            raise RuleError("no_data", f"query returned no series matching {shown}")
+        if len(values) > 1 and rule.aggregate is None:
+            raise RuleError("several_series", f"query returned {len(values)} series matching "
+                            f"{shown}; set aggregate: sum or max, or narrow match_labels")
+    return reduce_result(values, rule.aggregate, rule.on_empty)
 
 
 def _rule(rule: RuleConfig, results: Mapping[str, Result], counts: Counts) -> RuleOutcome:
@@ -72,12 +118,9 @@ def _rule(rule: RuleConfig, results: Mapping[str, Result], counts: Counts) -> Ru
     return RuleOutcome(rule.name, value, recommendation)
 
 
-def _truth(results: Mapping[str, Result], query: str) -> bool:
+def _truth(results: Mapping[str, Result], query: str, selector: Selector) -> bool:
     """A query used as a condition: true when it returns a non-zero number."""
-    result = results.get(query)
-    if result is None or isinstance(result, Exception):
-        raise RuleError(getattr(result, "kind", "not_run"), str(result or "query was not run"))
-    values = [v for v in result if not math.isnan(v)]
+    values = [v for v in _selected(results, query, selector) if not math.isnan(v)]
     return any(v != 0 for v in values)
 
 
@@ -88,14 +131,14 @@ def evaluate(service: ServiceConfig, results: Mapping[str, Result], counts: Coun
     activation: bool | None = None
     if service.activation_query is not None:
         try:
-            activation = _truth(results, service.activation_query)
+            activation = _truth(results, service.activation_query, service.match_labels)
         except RuleError as error:
             errors.append((error.kind, f"activation_query: {error}"))
             failed = True
     guard: bool | None = None
     if service.scale_down_guard is not None:
         try:
-            guard = _truth(results, service.scale_down_guard)
+            guard = _truth(results, service.scale_down_guard, service.match_labels)
         except RuleError as error:
             # Unknown is not yes: scale-in waits until the guard can be read.
             errors.append((error.kind, f"scale_down_guard: {error}"))

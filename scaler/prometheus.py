@@ -1,7 +1,8 @@
 """Instant queries against Prometheus's HTTP API, with failures sorted into a few kinds.
 
-The client only fetches numbers: what NaN, an empty result or several series mean for a
-scaling decision is decided elsewhere, by a pure function over the values returned here.
+The client only fetches samples (labels and a number): which series a rule reads, and
+what NaN, an empty result or several series mean for a scaling decision, is decided
+elsewhere, by a pure function over the samples returned here.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ class PrometheusSettings:
                 )
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One series of an instant vector (or a scalar, with no labels) and its value."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
 class QueryError(Exception):
     """A query that gave no usable values; `kind` says which part of the trip failed."""
 
@@ -118,6 +127,10 @@ class PrometheusClient:
 
     def query(self, promql: str) -> list[float]:
         """Values of an instant query, in Prometheus's order: one per sample, or one scalar."""
+        return [sample.value for sample in self.query_samples(promql)]
+
+    def query_samples(self, promql: str) -> list[Sample]:
+        """The samples of an instant query, in Prometheus's order; a scalar has no labels."""
         shown = _show_query(promql)
         try:
             # POST form, so a long query never meets a URL length limit. Redirects are not
@@ -149,9 +162,9 @@ class PrometheusClient:
                 f"prometheus returned a bad response for query {shown}: {self._reason(error)}",
                 query=promql,
             ) from error
-        return self._values(promql, shown, response)
+        return self._samples(promql, shown, response)
 
-    def _values(self, promql: str, shown: str, response: requests.Response) -> list[float]:
+    def _samples(self, promql: str, shown: str, response: requests.Response) -> list[Sample]:
         status = response.status_code
 
         def bad(detail: str) -> QueryError:
@@ -203,13 +216,18 @@ class PrometheusClient:
         if result_type == "vector":
             if not isinstance(result, list):
                 raise bad('"result" of a vector is not a list')
-            values = []
+            samples = []
             for index, sample in enumerate(result):
                 pair = sample.get("value") if isinstance(sample, dict) else None
-                values.append(self._number(pair, f"sample {index}", bad))
-            return values
+                value = self._number(pair, f"sample {index}", bad)
+                labels = sample.get("metric", {})
+                if not (isinstance(labels, dict) and all(
+                        isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+                    raise bad(f'sample {index}: "metric" is not a map of label names to strings')
+                samples.append(Sample(labels, value))
+            return samples
         if result_type == "scalar":
-            return [self._number(result, "scalar", bad)]
+            return [Sample({}, self._number(result, "scalar", bad))]
         if result_type in ("matrix", "string"):
             raise bad(
                 f'result type "{result_type}" is not supported; '

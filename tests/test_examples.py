@@ -17,9 +17,12 @@ def test_the_scaler_example_is_valid():
                                                  "celery-reports"]
     assert [s.limits.max for s in config.services] == [40, 10, 40]
     reports = config.services[2]
-    assert reports.rules[0].query == ('sum(taskqueue_queue_depth{queue="reports"})'
-                                      ' + sum(taskqueue_tasks_unacked{queue="reports"})')
+    assert reports.rules[0].query == ("sum by (queue) (taskqueue_queue_depth)"
+                                      " + sum by (queue) (taskqueue_tasks_unacked)")
+    assert reports.rules[0].match_labels == (("queue", "reports"),)
     assert reports.rules[0].rule.target == 5
+    # Grouped: three services, one query per rule.
+    assert len({r.query for s in config.services for r in s.rules}) == 3
 
 
 def test_examples_name_only_defined_metrics():

@@ -170,6 +170,12 @@ def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
          "services[0].rules[0].query: template: 'queu' is undefined"),
         ({"rules": "[{type: per_worker, query: 'x{q=\"{{ q }\"}', target: 1}]"},
          "services[0].rules[0].query: template syntax error: unexpected '}'"),
+        ({"match_labels": "[queue, a]"},
+         "services[0].match_labels: must map label names to values (got ['queue', 'a'])"),
+        ({"match_labels": "{queue-name: a}"},
+         "services[0].match_labels: label name 'queue-name' is not a valid Prometheus label name"),
+        ({"rules": "[{type: per_worker, query: 'x', target: 1, match_labels: {q: [a]}}]"},
+         "services[0].rules[0].match_labels: label q: value must be a string (got ['a'])"),
         ({"rules": "[{type: per_worker, query: '{{ ().__class__ }}', target: 1}]"},
          "services[0].rules[0].query: template: access to attribute '__class__' of 'tuple' "
          "object is unsafe."),
@@ -254,3 +260,18 @@ def test_load_config_from_a_file(tmp_path):
         load_config(str(tmp_path / "missing.yml"), {})
     assert caught.value.errors == [f"{tmp_path / 'missing.yml'}: cannot read: No such file or "
                                    "directory"]
+
+
+def test_match_labels_are_inherited_by_rules_unless_a_rule_sets_its_own():
+    text = minimal(
+        name='"w-{{ queue }}"', for_each="[{queue: a, shard: 1}]",
+        match_labels='{queue: "{{ queue }}", shard: "{{ shard }}"}',
+        activation_query="'sum by (queue) (x)'",
+        rules="[{type: per_worker, query: 'sum by (queue, shard) (x)', target: 1},"
+              " {type: expression, query: 'y', match_labels: {}},"
+              " {type: expression, query: 'z', match_labels: {job: workers}}]",
+    )
+    service = parse_config(text, {}).services[0]
+    assert service.match_labels == (("queue", "a"), ("shard", "1"))
+    assert [r.match_labels for r in service.rules] == [
+        (("queue", "a"), ("shard", "1")), (), (("job", "workers"),)]

@@ -12,7 +12,7 @@ from scaler.config import parse_config
 from scaler.cycle import Fleet, Scaler
 from scaler.ecs import ecs_client
 from scaler.metrics import ScalerCollector
-from scaler.prometheus import QueryError
+from scaler.prometheus import QueryError, Sample
 from tests.aws import CLUSTER, REGION, create_service, desired_count
 from tests.scrape import collect, value
 
@@ -47,12 +47,12 @@ class Queries:
         self.table = table
         self.asked: list[str] = []
 
-    def __call__(self, promql: str) -> Sequence[float]:
+    def __call__(self, promql: str) -> Sequence[Sample]:
         self.asked.append(promql)
         result = self.table[promql]
         if isinstance(result, Exception):
             raise result
-        return result
+        return [v if isinstance(v, Sample) else Sample({}, v) for v in result]
 
 
 def make(ecs: Any, queries: Queries, *, dry_run: bool = False, text: str = CONFIG,
@@ -97,6 +97,22 @@ def test_a_cycle_scales_each_service_by_its_own_rules(services):
     assert value(samples, "taskqueue_scaler_decisions_total", service="w-a", direction="up",
                  reason="ScaleUp") == 1
     assert value(samples, "taskqueue_scaler_last_success_timestamp_seconds", service="w-a") == 1000
+
+
+def test_one_grouped_query_is_sent_once_for_every_service(services):
+    grouped = CONFIG.replace("""'backlog{q="{{ item }}"}'""", "'sum by (q) (backlog)'").replace(
+        "    min: 1\n", '    min: 1\n    match_labels: {q: "{{ item }}"}\n')
+    queries = Queries({"sum by (q) (backlog)": [Sample({"q": "b"}, 21.0),
+                                                 Sample({"q": "a"}, 45.0)]})
+    scaler = make(services, queries, text=grouped)
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+    assert queries.asked == ["sum by (q) (backlog)"]
+    assert [(o.service, o.after, o.reason) for o in outcomes] == [
+        ("w-a", 5, "ScaleUp"), ("w-b", 3, "ScaleUp")]
+    assert (desired_count(services, "celery-a"), desired_count(services, "celery-b")) == (5, 3)
 
 
 def test_dry_run_decides_but_never_changes_a_service(services):
@@ -193,3 +209,23 @@ def test_fleet_makes_one_client_per_region_and_endpoint(aws_env):
 
     Fleet(config.services, factory)
     assert made == [("eu-west-1", None), (REGION, None)]
+
+
+def test_a_loop_with_no_finished_cycle_for_three_intervals_and_a_minute_is_stalled(services):
+    config = parse_config(CONFIG, {})  # interval 1s: stalled after 63 s
+    timer = Clock(0.0)
+    scaler = Scaler(config, Queries({'backlog{q="a"}': [1.0], 'backlog{q="b"}': [1.0]}),
+                    Fleet(config.services, lambda region, endpoint: services),
+                    clock=Clock(), timer=timer)
+    try:
+        timer.now = 63.0
+        assert scaler.stalled() is None
+        timer.now = 64.0
+        assert scaler.stalled() == (
+            "no evaluation cycle has finished in the 64s since start-up (interval 1s)")
+        scaler.run_once()
+        assert scaler.stalled() is None
+        timer.now = 64.0 + 63.5
+        assert scaler.stalled() == "the last evaluation cycle finished 64s ago (interval 1s)"
+    finally:
+        scaler.close()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import pickle
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto.server import ThreadedMotoServer
 
@@ -173,6 +175,50 @@ def test_describe_many_batches_by_ten(ecs: Any) -> None:
             assert result[name] == ServiceCounts(desired=9, running=9, pending=0), name
         else:
             assert result[name] == ServiceCounts(desired=i % 7, running=0, pending=i % 7), name
+
+
+class MeetingClient:
+    """DescribeServices that answers only once `parties` calls are in flight together."""
+
+    def __init__(self, parties: int, fail_with: str | None = None) -> None:
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.fail_with = fail_with
+        self.calls: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def describe_services(self, cluster: str, services: list[str]) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append(services)
+        if self.fail_with is not None:
+            raise ClientError({"Error": {"Code": self.fail_with, "Message": "Rate exceeded"}},
+                              "DescribeServices")
+        self.barrier.wait()  # raises BrokenBarrierError when the calls are not concurrent
+        return {"services": [{"serviceName": s, "status": "ACTIVE", "desiredCount": 2,
+                              "runningCount": 1, "pendingCount": 1} for s in services]}
+
+
+def test_describe_many_concurrently_keeps_every_answer_in_order() -> None:
+    names = [f"queue-{i:02d}" for i in range(25)]
+    client = MeetingClient(parties=3)
+
+    result = describe_many(client, CLUSTER, names, concurrency=4)
+
+    assert sorted(len(c) for c in client.calls) == [5, 10, 10]
+    assert list(result) == names
+    assert set(result.values()) == {ServiceCounts(2, 1, 1)}
+
+
+def test_describe_many_concurrently_stops_calling_once_throttled() -> None:
+    names = [f"queue-{i:02d}" for i in range(50)]
+    client = MeetingClient(parties=1, fail_with="ThrottlingException")
+
+    result = describe_many(client, CLUSTER, names, concurrency=2)
+
+    # Only the calls already in flight when the first one was throttled were made.
+    assert 1 <= len(client.calls) <= 2
+    assert list(result) == names
+    assert all(isinstance(e, BackendError) for e in result.values())
+    assert {(e.kind, e.code) for e in result.values()} == {("throttled", "ThrottlingException")}
 
 
 def test_describe_many_dedupes_and_skips_empty(ecs: Any) -> None:

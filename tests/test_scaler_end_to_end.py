@@ -29,7 +29,9 @@ from tests.services import MetricsTarget, PrometheusServer, free_port, wait_for
 
 SERVICE = "celery-default"
 NAME = "worker-default"  # the service's name in the scaler's config and logs
-QUERY = 'sum(taskqueue_queue_depth{queue="default"})'
+# One query for every queue, as examples/scaler.yml writes it; the service reads its own
+# queue's series (match_labels), so the busy "other" queue must not move it.
+QUERY = "sum by (queue) (taskqueue_queue_depth)"
 # Distinctive, so that finding it in the log means it leaked.
 SECRET_KEY = "e2e-fake-secret-Xq7pLm3vR9"
 
@@ -48,6 +50,7 @@ services:
       endpoint_url: {moto}
     min: 1
     max: 10
+    match_labels: {{queue: default}}
     rules:
       - name: backlog
         type: per_worker
@@ -73,7 +76,8 @@ DECISION = re.compile(
 
 def depth_text(depth: int) -> str:
     return ("# TYPE taskqueue_queue_depth gauge\n"
-            f'taskqueue_queue_depth{{queue="default",system="celery"}} {depth}\n')
+            f'taskqueue_queue_depth{{queue="default",system="celery"}} {depth}\n'
+            'taskqueue_queue_depth{queue="other",system="celery"} 500\n')
 
 
 @pytest.fixture
@@ -153,7 +157,8 @@ def test_burst_scales_up_and_drain_scales_down(
         )
     try:
         # --- idle: depth 0 keeps the service at its minimum of 1.
-        prometheus.wait_for_value(QUERY, lambda values: values == [0.0], timeout=20)
+        prometheus.wait_for_value('sum(taskqueue_queue_depth{queue="default"})',
+                                  lambda values: values == [0.0], timeout=20)
         seen_at = len(_decisions(log))
         wait_for(lambda: len(_decisions(log)) >= seen_at + 2, timeout=10,
                  what="two scaler cycles after prometheus has the depth")

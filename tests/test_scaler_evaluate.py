@@ -8,8 +8,8 @@ import pytest
 
 from scaler.config import parse_config
 from scaler.decision import Counts, Inputs
-from scaler.evaluate import RuleOutcome, evaluate, queries_of
-from scaler.prometheus import QueryError
+from scaler.evaluate import RuleOutcome, SampleSet, evaluate, queries_of
+from scaler.prometheus import QueryError, Sample
 
 CONFIG = """
 prometheus: {url: 'http://p:9090'}
@@ -33,13 +33,19 @@ GOOD = {"backlog": [95.0], "throughput": [0.5], "arrival": [1.0], "age": [30.0],
         "several": [2.0, 4.0], "activation": [1.0], "guard": [1.0]}
 
 
+def results(table: dict) -> dict:
+    """Plain values as unlabelled samples, as Prometheus returns for a scalar."""
+    return {q: r if isinstance(r, Exception) else [Sample({}, v) for v in r]
+            for q, r in table.items()}
+
+
 def test_queries_are_listed_once():
     assert queries_of(SERVICE) == ["backlog", "throughput", "arrival", "age", "several",
                                    "activation", "guard"]
 
 
 def test_every_rule_recommends():
-    evaluation = evaluate(SERVICE, GOOD, COUNTS)
+    evaluation = evaluate(SERVICE, results(GOOD), COUNTS)
     assert evaluation.rules == (
         RuleOutcome("backlog", 95.0, 10),
         RuleOutcome("drain", 95.0, 4),  # (95 + 1 * 100) / (0.5 * 100) = 3.9
@@ -63,20 +69,20 @@ def test_every_rule_recommends():
     ],
 )
 def test_a_failed_rule_fails_the_service(query, result, kind, message):
-    evaluation = evaluate(SERVICE, {**GOOD, query: result}, COUNTS)
+    evaluation = evaluate(SERVICE, results({**GOOD, query: result}), COUNTS)
     assert evaluation.inputs.failed
     assert (kind, message) in evaluation.errors
 
 
 def test_activation_and_guard_are_conditions():
-    evaluation = evaluate(SERVICE, {**GOOD, "activation": [0.0], "guard": []}, COUNTS)
+    evaluation = evaluate(SERVICE, results({**GOOD, "activation": [0.0], "guard": []}), COUNTS)
     assert (evaluation.inputs.activation, evaluation.inputs.guard) == (False, False)
     assert not evaluation.inputs.failed
 
 
 def test_a_guard_that_cannot_be_read_blocks_scale_in_without_failing_the_service():
     error = QueryError("http", "prometheus returned HTTP 500", query="guard")
-    evaluation = evaluate(SERVICE, {**GOOD, "guard": error}, COUNTS)
+    evaluation = evaluate(SERVICE, results({**GOOD, "guard": error}), COUNTS)
     assert evaluation.inputs.guard is False
     assert not evaluation.inputs.failed
     assert evaluation.errors == (("http", "scale_down_guard: prometheus returned HTTP 500"),)
@@ -84,6 +90,71 @@ def test_a_guard_that_cannot_be_read_blocks_scale_in_without_failing_the_service
 
 def test_a_failed_activation_query_fails_the_service():
     error = QueryError("unreachable", "cannot reach prometheus", query="activation")
-    evaluation = evaluate(SERVICE, {**GOOD, "activation": error}, COUNTS)
+    evaluation = evaluate(SERVICE, results({**GOOD, "activation": error}), COUNTS)
     assert evaluation.inputs.failed
     assert evaluation.errors == (("unreachable", "activation_query: cannot reach prometheus"),)
+
+
+GROUPED = """
+prometheus: {url: 'http://p:9090'}
+services:
+  - name: "w-{{ queue }}"
+    for_each: [{queue: a}, {queue: b}, {queue: 'we"ird'}]
+    match_labels: {queue: "{{ queue }}"}
+    min: 0
+    max: 50
+    backend: {cluster: c, service: "s-{{ queue }}", region: r}
+    activation_query: sum by (queue) (waiting)
+    rules:
+      - {name: backlog, type: per_worker, query: sum by (queue) (backlog), target: 10}
+      - {name: fleet, type: expression, query: fleet_floor, match_labels: {}}
+      - {name: age, type: threshold, query: age, above: 60, match_labels: {queue: c},
+         on_empty: zero}
+"""
+BY_QUEUE = {
+    "sum by (queue) (backlog)": [Sample({"queue": "a"}, 45.0), Sample({"queue": "b"}, 5.0),
+                                 Sample({"queue": 'we"ird'}, 101.0)],
+    "sum by (queue) (waiting)": [Sample({"queue": "a"}, 1.0), Sample({"queue": "b"}, 0.0)],
+    "fleet_floor": [Sample({}, 2.0)],
+    "age": [Sample({"queue": "a"}, 90.0)],
+}
+
+
+def test_one_grouped_query_serves_every_service_its_own_series():
+    services = parse_config(GROUPED, {}).services
+    assert {q for s in services for q in queries_of(s)} == set(BY_QUEUE)
+    a, b, x = (evaluate(s, BY_QUEUE, COUNTS) for s in services)
+    assert [o.value for o in a.rules] == [45.0, 2.0, 0.0]
+    assert a.inputs == Inputs((5, 2, 3), failed=False, activation=True, guard=None)
+    assert [o.value for o in b.rules] == [5.0, 2.0, 0.0]
+    assert b.inputs.activation is False
+    # Label values are compared as they are, never escaped as PromQL would need.
+    assert services[2].rules[0].match_labels == (("queue", 'we"ird'),)
+    assert x.rules[0].recommendation == 11
+    assert x.errors == ()  # activation: no series for x is "not active", not an error
+    assert x.inputs.activation is False
+
+
+def test_a_label_value_missing_from_a_grouped_result_names_the_selector():
+    service = parse_config(GROUPED, {}).services[1]
+    missing = {**BY_QUEUE, "sum by (queue) (backlog)": [Sample({"queue": "a"}, 45.0)]}
+    evaluation = evaluate(service, missing, COUNTS)
+    assert evaluation.inputs.failed
+    assert evaluation.errors == (
+        ("no_data", 'rule backlog: query returned no series matching {queue="b"}'),)
+    doubled = {**BY_QUEUE, "sum by (queue) (backlog)": [
+        Sample({"queue": "b", "shard": "1"}, 1.0), Sample({"queue": "b", "shard": "2"}, 2.0)]}
+    assert evaluate(service, doubled, COUNTS).errors == (
+        ("several_series", 'rule backlog: query returned 2 series matching {queue="b"}; '
+                           "set aggregate: sum or max, or narrow match_labels"),)
+
+
+def test_a_sample_set_answers_each_selector_from_its_own_index():
+    samples = SampleSet([Sample({"queue": "a", "shard": "1"}, 1.0),
+                         Sample({"queue": "a", "shard": "2"}, 2.0),
+                         Sample({"queue": "b"}, 3.0)])
+    assert samples.values(()) == [1.0, 2.0, 3.0]
+    assert samples.values((("queue", "a"),)) == [1.0, 2.0]
+    assert samples.values((("queue", "a"), ("shard", "2"))) == [2.0]
+    assert samples.values((("queue", "b"), ("shard", "1"))) == []  # b has no shard label
+    assert samples.values((("queue", "c"),)) == []

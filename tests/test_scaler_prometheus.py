@@ -22,7 +22,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from scaler.prometheus import PrometheusClient, PrometheusSettings, QueryError
+from scaler.prometheus import PrometheusClient, PrometheusSettings, QueryError, Sample
 from tests.services import MetricsTarget, PrometheusServer, free_port, wait_for
 
 URL = "http://prometheus.test:9090"
@@ -86,6 +86,14 @@ def test_vector_values_are_floats_in_prometheus_order(mocked, client):
     )
     assert client.query(QUERY) == [3.0, 1500.0, 0.25, -2.0]
     assert len(mocked.calls) == 1
+
+
+def test_samples_carry_their_labels(mocked, client):
+    mocked.post(ENDPOINT, json=vector("3", "4"))
+    assert client.query_samples(QUERY) == [Sample({"queue": "q0"}, 3.0),
+                                           Sample({"queue": "q1"}, 4.0)]
+    mocked.post(ENDPOINT, json=success("scalar", [1700000000.5, "2"]))
+    assert client.query_samples(QUERY) == [Sample({}, 2.0)]
 
 
 def test_nan_and_infinities_are_returned_as_floats(mocked, client):
@@ -247,6 +255,9 @@ FAILURES: list[tuple[str, dict[str, Any], str, int | None, str]] = [
     ("value-not-a-string",
      {"status": 200, "json": success("vector", [{"metric": {}, "value": [1, 3]}])},
      "bad_response", 200, BAD + 'sample 0 is not a [timestamp, "value"] pair'),
+    ("labels-not-a-map",
+     {"status": 200, "json": success("vector", [{"metric": ["q"], "value": [1, "3"]}])},
+     "bad_response", 200, BAD + 'sample 0: "metric" is not a map of label names to strings'),
     ("value-not-a-number", {"status": 200, "json": vector("1", "lots")}, "bad_response", 200,
      BAD + "sample 1 value 'lots' is not a number"),
     ("scalar-wrong-shape", {"status": 200, "json": success("scalar", "2")}, "bad_response", 200,
@@ -465,6 +476,9 @@ def test_real_scraped_series(make_prometheus, metrics_target):
             what="the first scrape",
         )
         assert client.query("sort_desc(taskqueue_queue_depth)") == [42.0, 7.0]
+        # One query for every queue; each service picks its own series by label.
+        assert client.query_samples("sort(sum by (queue) (taskqueue_queue_depth))") == [
+            Sample({"queue": "b"}, 7.0), Sample({"queue": "a"}, 42.0)]
     assert prometheus.wait_for_value('up{job="targets"}', lambda values: values == [1.0]) == [1.0]
 
 

@@ -1,0 +1,53 @@
+"""The HTTP endpoint both commands serve: /metrics, /healthz, the landing page."""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter import server
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    started = []
+
+    def start(health: server.HealthCheck | None = None) -> str:
+        httpd = server.bind("127.0.0.1", 0, CollectorRegistry(), title="t", health=health)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        started.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_port}"
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_healthz_follows_the_health_check(serve):
+    problem: list[str] = []
+    url = serve(lambda: problem[0] if problem else None)
+    assert get(url + "/healthz") == (200, "ok\n")
+    problem.append("the last evaluation cycle finished 200s ago (interval 15s)")
+    assert get(url + "/healthz") == (
+        503, "unhealthy: the last evaluation cycle finished 200s ago (interval 15s)\n")
+    assert get(url + "/metrics")[0] == 200  # still scrapeable while unhealthy
+
+
+def test_without_a_health_check_healthz_is_ok_and_unknown_paths_are_404(serve):
+    url = serve()
+    assert get(url + "/healthz") == (200, "ok\n")
+    assert get(url + "/nope") == (404, "not found\n")
