@@ -178,9 +178,12 @@ def _selector(value: Any) -> Selector:
     for name, label_value in value.items():
         if not isinstance(name, str) or not _LABEL_NAME.match(name):
             raise _Invalid(f"label name {_show(name)} is not a valid Prometheus label name")
-        if isinstance(label_value, bool) or not isinstance(label_value, str | int | float):
-            raise _Invalid(f"label {name}: value must be a string (got {_show(label_value)})")
-        pairs.append((name, str(label_value)))
+        if not isinstance(label_value, str):
+            # YAML has already turned 010 into 8 and 1.10 into 1.1: only a quoted value
+            # is the label value as written.
+            raise _Invalid(f"label {name}: value must be a quoted string "
+                           f"(got {_show(label_value)})")
+        pairs.append((name, label_value))
     return tuple(sorted(pairs))
 
 

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,7 +21,7 @@ from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
 from scaler.decision import Counts, Decision, History, Reason, decide
 from scaler.ecs import BackendError, EcsService, ServiceCounts, describe_many
 from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
-from scaler.prometheus import Sample
+from scaler.prometheus import QueryError, Sample
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ QueryFn = Callable[[str], Sequence[Sample]]
 # DescribeServices calls in flight per cluster: 200 services are 20 calls, 2-3 s one
 # after another against AWS, yet few enough not to meet ECS's API rate limit.
 DESCRIBE_CONCURRENCY = 4
-# /healthz turns 503 when no cycle has finished for 3 intervals plus this (seconds):
-# room for a cycle slowed by query and ECS timeouts.
+# /healthz turns 503 when no cycle has finished for 3 intervals, plus the longest a
+# cycle waits for its queries, plus this (seconds): room for slow ECS calls.
 STALL_GRACE = 60.0
 ClientFactory = Callable[[str, str | None], Any]  # (region, endpoint_url) -> boto3 ECS client
 
@@ -112,6 +112,11 @@ class Scaler:
         self.last_duration: float | None = None
         self._started = timer()
         self._last_cycle_end: float | None = None
+        # A cycle waits this long for its queries, then holds the services whose
+        # queries are still out: an unanswering Prometheus must not stretch a cycle to
+        # (queries / concurrency) x timeout, nor make the loop look hung.
+        self.query_deadline = 2 * max(config.interval, config.prometheus.timeout)
+        self.stall_after = 3 * config.interval + self.query_deadline + STALL_GRACE
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -130,7 +135,15 @@ class Scaler:
             counts = {s.name: BackendError("other", s.name, str(error))
                       for s in self.config.services}
         results: dict[str, Result] = {}
+        remaining = self.query_deadline - (self._timer() - started)
+        done, _ = wait(futures.values(), timeout=max(0.0, remaining))
         for q, future in futures.items():
+            if future not in done:
+                future.cancel()  # not yet sent: never will be; sent: ends at its timeout
+                results[q] = QueryError(
+                    "timeout", f"no answer within the evaluation's {self.query_deadline:g}s "
+                               "deadline for queries", query=q)
+                continue
             try:
                 results[q] = SampleSet(future.result())
             except Exception as error:
@@ -143,7 +156,7 @@ class Scaler:
         return outcomes
 
     def stalled(self) -> str | None:
-        """Why the loop looks hung (no cycle finished for 3 intervals plus a minute), or None.
+        """Why the loop looks hung (no cycle finished for `stall_after` seconds), or None.
 
         For /healthz: a restart cures a hung loop; it does not cure an unreachable
         Prometheus or ECS, so those (the loop runs and holds) keep it healthy.
@@ -151,7 +164,7 @@ class Scaler:
         with self.lock:
             last = self._last_cycle_end
         idle = self._timer() - (self._started if last is None else last)
-        if idle <= 3 * self.config.interval + STALL_GRACE:
+        if idle <= self.stall_after:
             return None
         if last is None:
             return (f"no evaluation cycle has finished in the {idle:.0f}s since start-up "

@@ -7,6 +7,7 @@ wrong is a table test.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ class SampleSet:
     """A query's samples, indexed by label values on first use by a selector.
 
     One grouped query (`sum by (queue)`) is read by every service of a for_each:
-    a lookup per service keeps a cycle linear in the number of services.
+    a lookup per service keeps a cycle linear in the number of services. The index
+    is built without a lock: services are evaluated one after another, in one thread.
     """
 
     def __init__(self, samples: Sequence[Sample]) -> None:
@@ -36,14 +38,21 @@ class SampleSet:
         if index is None:
             index = {}
             for sample in self.samples:
-                key = tuple(sample.labels.get(name) for name in names)
+                # As in PromQL, a missing label matches the empty value.
+                key = tuple(sample.labels.get(name, "") for name in names)
                 index.setdefault(key, []).append(sample.value)
             self._indexes[names] = index
         return list(index.get(tuple(value for _, value in selector), ()))
 
+    def lacks(self, selector: Selector) -> bool:
+        """True when there are series and none carries every label the selector names."""
+        names = [name for name, value in selector if value]
+        return bool(self.samples) and bool(names) and not any(
+            all(name in sample.labels for name in names) for sample in self.samples)
+
 
 # A query's result: the samples Prometheus returned, or why there are none.
-Result = SampleSet | Sequence[Sample] | Exception
+Result = SampleSet | Exception
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,10 @@ def queries_of(service: ServiceConfig) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _show_selector(selector: Selector) -> str:
+    return "{" + ", ".join(f"{name}={json.dumps(value)}" for name, value in selector) + "}"
+
+
 def _selected(results: Mapping[str, Result], query: str, selector: Selector) -> list[float]:
     """The values of the series this service reads from a query's result."""
     result = results.get(query)
@@ -78,25 +91,22 @@ def _selected(results: Mapping[str, Result], query: str, selector: Selector) -> 
         raise RuleError("not_run", "query was not run")
     if isinstance(result, Exception):
         raise RuleError(getattr(result, "kind", "query"), str(result))
-    return (result if isinstance(result, SampleSet) else SampleSet(result)).values(selector)
-
-
-def _show_selector(selector: Selector) -> str:
-    return "{" + ", ".join(f'{name}="{value}"' for name, value in selector) + "}"
+    if result.lacks(selector):
+        # A query written without `by (label)` (or a scalar) under a service's
+        # match_labels: never a silent "no series", which on_empty: zero reads as 0.
+        labels = ", ".join(name for name, value in selector if value)
+        raise RuleError("no_label", f"query returned series without the label(s) {labels} "
+                                    "that match_labels selects on; keep them (by (...)) or "
+                                    "set match_labels: {} on the rule")
+    return result.values(selector)
 
 
 def _value(results: Mapping[str, Result], query: str, rule: RuleConfig) -> float:
     values = _selected(results, query, rule.match_labels)
-    if rule.match_labels:
-        # Name the selector: with one query for many services, "no series" most
-        # often means this service's label value is missing from the result.
-        shown = _show_selector(rule.match_labels)
-        if not values and rule.on_empty == "hold":
-            raise RuleError("no_data", f"query returned no series matching {shown}")
-        if len(values) > 1 and rule.aggregate is None:
-            raise RuleError("several_series", f"query returned {len(values)} series matching "
-                            f"{shown}; set aggregate: sum or max, or narrow match_labels")
-    return reduce_result(values, rule.aggregate, rule.on_empty)
+    # Name the selector: with one query for many services, "no series" most often
+    # means this service's label value is missing from the result.
+    where = f" matching {_show_selector(rule.match_labels)}" if rule.match_labels else ""
+    return reduce_result(values, rule.aggregate, rule.on_empty, where)
 
 
 def _rule(rule: RuleConfig, results: Mapping[str, Result], counts: Counts) -> RuleOutcome:

@@ -24,15 +24,17 @@ class RuleError(ValueError):
         self.kind = kind
 
 
-def reduce_result(values: Sequence[float], aggregate: Aggregate | None, on_empty: OnEmpty) -> float:
+def reduce_result(values: Sequence[float], aggregate: Aggregate | None, on_empty: OnEmpty,
+                  where: str = "") -> float:
+    """One number from a query's values; `where` says which series were read, if not all."""
     if not values:
         if on_empty == "zero":
             return 0.0
-        raise RuleError("no_data", "query returned no series")
+        raise RuleError("no_data", f"query returned no series{where}")
     if len(values) > 1 and aggregate is None:
         raise RuleError(
             "several_series",
-            f"query returned {len(values)} series; set aggregate: sum or max, or narrow it",
+            f"query returned {len(values)} series{where}; set aggregate: sum or max, or narrow it",
         )
     for v in values:
         if not math.isfinite(v):

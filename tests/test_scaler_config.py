@@ -175,7 +175,10 @@ def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
         ({"match_labels": "{queue-name: a}"},
          "services[0].match_labels: label name 'queue-name' is not a valid Prometheus label name"),
         ({"rules": "[{type: per_worker, query: 'x', target: 1, match_labels: {q: [a]}}]"},
-         "services[0].rules[0].match_labels: label q: value must be a string (got ['a'])"),
+         "services[0].rules[0].match_labels: label q: value must be a quoted string "
+         "(got ['a'])"),
+        ({"match_labels": "{shard: 010}"},
+         "services[0].match_labels: label shard: value must be a quoted string (got 8)"),
         ({"rules": "[{type: per_worker, query: '{{ ().__class__ }}', target: 1}]"},
          "services[0].rules[0].query: template: access to attribute '__class__' of 'tuple' "
          "object is unsafe."),
@@ -275,3 +278,12 @@ def test_match_labels_are_inherited_by_rules_unless_a_rule_sets_its_own():
     assert service.match_labels == (("queue", "a"), ("shard", "1"))
     assert [r.match_labels for r in service.rules] == [
         (("queue", "a"), ("shard", "1")), (), (("job", "workers"),)]
+
+
+def test_match_labels_values_are_never_promql_escaped_whatever_the_label_is_called():
+    text = minimal(vars="{q: 'a\"b'}",
+                   match_labels='{query: "{{ q }}", scale_down_guard: "{{ q }}"}',
+                   rules="[{type: per_worker, query: 'x{q=\"{{ q }}\"}', target: 1}]")
+    service = parse_config(text, {}).services[0]
+    assert service.match_labels == (("query", 'a"b'), ("scale_down_guard", 'a"b'))
+    assert service.rules[0].query == 'x{q="a\\"b"}'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -211,21 +212,49 @@ def test_fleet_makes_one_client_per_region_and_endpoint(aws_env):
     assert made == [("eu-west-1", None), (REGION, None)]
 
 
-def test_a_loop_with_no_finished_cycle_for_three_intervals_and_a_minute_is_stalled(services):
-    config = parse_config(CONFIG, {})  # interval 1s: stalled after 63 s
+def test_a_loop_with_no_finished_cycle_for_too_long_is_stalled(services):
+    config = parse_config(CONFIG, {})  # interval 1s, query timeout 10s
     timer = Clock(0.0)
     scaler = Scaler(config, Queries({'backlog{q="a"}': [1.0], 'backlog{q="b"}': [1.0]}),
                     Fleet(config.services, lambda region, endpoint: services),
                     clock=Clock(), timer=timer)
     try:
-        timer.now = 63.0
+        # 3 intervals + the cycle's query deadline (2 x 10 s) + 60 s.
+        assert scaler.stall_after == 83
+        timer.now = 83.0
         assert scaler.stalled() is None
-        timer.now = 64.0
+        timer.now = 90.0
         assert scaler.stalled() == (
-            "no evaluation cycle has finished in the 64s since start-up (interval 1s)")
+            "no evaluation cycle has finished in the 90s since start-up (interval 1s)")
         scaler.run_once()
         assert scaler.stalled() is None
-        timer.now = 64.0 + 63.5
-        assert scaler.stalled() == "the last evaluation cycle finished 64s ago (interval 1s)"
+        timer.now = 90.0 + 100
+        assert scaler.stalled() == "the last evaluation cycle finished 100s ago (interval 1s)"
     finally:
         scaler.close()
+
+
+def test_queries_still_out_at_the_deadline_hold_their_service_and_the_cycle_ends(services):
+    answer = threading.Event()
+
+    def slow(promql: str) -> list[Sample]:
+        if promql == 'backlog{q="a"}':
+            answer.wait(timeout=30)
+        return [Sample({}, 45.0)]
+
+    text = CONFIG.replace("prometheus: {url: 'http://p:9090'}",
+                          "prometheus: {url: 'http://p:9090', timeout: 200ms}").replace(
+        "interval: 1s", "interval: 100ms")
+    scaler = make(services, slow, text=text)  # type: ignore[arg-type]
+    try:
+        assert scaler.query_deadline == 0.4
+        outcomes = scaler.run_once()
+        state = scaler.states["w-a"]
+    finally:
+        answer.set()
+        scaler.close()
+    assert [(o.service, o.after, o.reason) for o in outcomes] == [
+        ("w-a", 1, "NoData"), ("w-b", 5, "ScaleUp")]
+    assert state.evaluation is not None
+    assert state.evaluation.errors == (
+        ("timeout", "rule backlog: no answer within the evaluation's 0.4s deadline for queries"),)

@@ -221,6 +221,17 @@ def test_describe_many_concurrently_stops_calling_once_throttled() -> None:
     assert {(e.kind, e.code) for e in result.values()} == {("throttled", "ThrottlingException")}
 
 
+def test_describe_many_concurrently_goes_on_after_a_failure_of_one_call_alone() -> None:
+    names = [f"queue-{i:02d}" for i in range(50)]
+    client = MeetingClient(parties=1, fail_with="InvalidParameterException")
+
+    result = describe_many(client, CLUSTER, names, concurrency=2)
+
+    assert len(client.calls) == 5  # "other": nothing says the next call fails too
+    assert {e.kind for e in result.values() if isinstance(e, BackendError)} == {"other"}
+    assert len(result) == 50
+
+
 def test_describe_many_dedupes_and_skips_empty(ecs: Any) -> None:
     create_service(ecs, "a", desired=1)
     calls = count_calls(ecs, "DescribeServices")

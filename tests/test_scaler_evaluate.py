@@ -35,7 +35,7 @@ GOOD = {"backlog": [95.0], "throughput": [0.5], "arrival": [1.0], "age": [30.0],
 
 def results(table: dict) -> dict:
     """Plain values as unlabelled samples, as Prometheus returns for a scalar."""
-    return {q: r if isinstance(r, Exception) else [Sample({}, v) for v in r]
+    return {q: r if isinstance(r, Exception) else SampleSet([Sample({}, v) for v in r])
             for q, r in table.items()}
 
 
@@ -111,13 +111,13 @@ services:
       - {name: age, type: threshold, query: age, above: 60, match_labels: {queue: c},
          on_empty: zero}
 """
-BY_QUEUE = {
+BY_QUEUE = {q: SampleSet(samples) for q, samples in {
     "sum by (queue) (backlog)": [Sample({"queue": "a"}, 45.0), Sample({"queue": "b"}, 5.0),
                                  Sample({"queue": 'we"ird'}, 101.0)],
     "sum by (queue) (waiting)": [Sample({"queue": "a"}, 1.0), Sample({"queue": "b"}, 0.0)],
     "fleet_floor": [Sample({}, 2.0)],
     "age": [Sample({"queue": "a"}, 90.0)],
-}
+}.items()}
 
 
 def test_one_grouped_query_serves_every_service_its_own_series():
@@ -137,16 +137,66 @@ def test_one_grouped_query_serves_every_service_its_own_series():
 
 def test_a_label_value_missing_from_a_grouped_result_names_the_selector():
     service = parse_config(GROUPED, {}).services[1]
-    missing = {**BY_QUEUE, "sum by (queue) (backlog)": [Sample({"queue": "a"}, 45.0)]}
+    missing = {**BY_QUEUE, "sum by (queue) (backlog)": SampleSet([Sample({"queue": "a"}, 45.0)])}
     evaluation = evaluate(service, missing, COUNTS)
     assert evaluation.inputs.failed
     assert evaluation.errors == (
         ("no_data", 'rule backlog: query returned no series matching {queue="b"}'),)
-    doubled = {**BY_QUEUE, "sum by (queue) (backlog)": [
-        Sample({"queue": "b", "shard": "1"}, 1.0), Sample({"queue": "b", "shard": "2"}, 2.0)]}
+    doubled = {**BY_QUEUE, "sum by (queue) (backlog)": SampleSet([
+        Sample({"queue": "b", "shard": "1"}, 1.0), Sample({"queue": "b", "shard": "2"}, 2.0)])}
     assert evaluate(service, doubled, COUNTS).errors == (
         ("several_series", 'rule backlog: query returned 2 series matching {queue="b"}; '
-                           "set aggregate: sum or max, or narrow match_labels"),)
+                           "set aggregate: sum or max, or narrow it"),)
+    weird = parse_config(GROUPED, {}).services[2]
+    gone = {**BY_QUEUE, "sum by (queue) (backlog)": SampleSet([])}
+    assert evaluate(weird, gone, COUNTS).errors == (
+        ("no_data", 'rule backlog: query returned no series matching {queue="we\\"ird"}'),)
+
+
+def test_series_without_the_selected_label_are_an_error_even_with_on_empty_zero():
+    service = parse_config(GROUPED, {}).services[0]
+    ungrouped = {**BY_QUEUE, "age": SampleSet([Sample({}, 90.0)]),
+                 "sum by (queue) (waiting)": SampleSet([Sample({"job": "x"}, 3.0)])}
+    evaluation = evaluate(service, ungrouped, COUNTS)
+    hint = ("query returned series without the label(s) {} that match_labels selects on; "
+            "keep them (by (...)) or set match_labels: {{}} on the rule")
+    assert evaluation.errors == (
+        ("no_label", "rule age: " + hint.format("queue")),
+        ("no_label", "activation_query: " + hint.format("queue")),
+    )
+    assert evaluation.inputs.failed
+
+
+def test_an_empty_label_value_selects_series_without_that_label():
+    samples = SampleSet([Sample({"queue": "a"}, 1.0), Sample({"queue": "a", "shard": "2"}, 2.0)])
+    assert samples.values((("queue", "a"), ("shard", ""))) == [1.0]
+    assert not samples.lacks((("shard", ""),))
+
+
+def test_every_query_of_a_service_reads_through_its_selector():
+    text = """
+prometheus: {url: 'http://p:9090'}
+services:
+  - name: w
+    match_labels: {queue: a}
+    min: 0
+    max: 50
+    backend: {cluster: c, service: s, region: r}
+    scale_down_guard: idle
+    rules:
+      - {name: drain, type: drain, query: depth, throughput_query: speed, arrival_query: arrivals,
+         drain_within: 100s}
+"""
+    service = parse_config(text, {}).services[0]
+
+    def by_queue(a: float, b: float) -> SampleSet:
+        return SampleSet([Sample({"queue": "a"}, a), Sample({"queue": "b"}, b)])
+
+    found = {"depth": by_queue(100, 5000), "speed": by_queue(1, 0.01),
+             "arrivals": by_queue(0, 50), "idle": by_queue(0, 1)}
+    evaluation = evaluate(service, found, COUNTS)
+    assert evaluation.rules == (RuleOutcome("drain", 100.0, 1),)  # (100 + 0) / (1 * 100)
+    assert evaluation.inputs.guard is False
 
 
 def test_a_sample_set_answers_each_selector_from_its_own_index():
