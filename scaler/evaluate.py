@@ -28,7 +28,8 @@ class SampleSet:
 
     def __init__(self, samples: Sequence[Sample]) -> None:
         self.samples = tuple(samples)
-        self._indexes: dict[tuple[str, ...], dict[tuple[str | None, ...], list[float]]] = {}
+        self._indexes: dict[tuple[str, ...], dict[tuple[str, ...], list[float]]] = {}
+        self._carried: dict[tuple[str, ...], bool] = {}
 
     def values(self, selector: Selector) -> list[float]:
         if not selector:
@@ -46,9 +47,14 @@ class SampleSet:
 
     def lacks(self, selector: Selector) -> bool:
         """True when there are series and none carries every label the selector names."""
-        names = [name for name, value in selector if value]
-        return bool(self.samples) and bool(names) and not any(
-            all(name in sample.labels for name in names) for sample in self.samples)
+        names = tuple(name for name, value in selector if value)
+        if not self.samples or not names:
+            return False
+        carried = self._carried.get(names)
+        if carried is None:
+            carried = any(all(n in s.labels for n in names) for s in self.samples)
+            self._carried[names] = carried
+        return not carried
 
 
 # A query's result: the samples Prometheus returned, or why there are none.
