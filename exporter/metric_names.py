@@ -144,6 +144,12 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     SCRAPE_SUCCESS,
     UNPARSEABLE_MESSAGES,
 )
+SCALER_WORKER_RESTARTS = MetricSpec(
+    "taskqueue_scaler_worker_restarts_total",
+    "counter",
+    "Local backend: worker processes that exited without being asked to and were replaced.",
+    ("service",),
+)
 SCALER_METRICS: tuple[MetricSpec, ...] = (
     SCALER_DESIRED,
     SCALER_CURRENT,
@@ -153,5 +159,6 @@ SCALER_METRICS: tuple[MetricSpec, ...] = (
     SCALER_ERRORS,
     SCALER_LAST_SUCCESS,
     SCALER_EVALUATION_DURATION,
+    SCALER_WORKER_RESTARTS,
 )
 ALL_METRICS: tuple[MetricSpec, ...] = QUEUE_METRICS + EXPORTER_METRICS + SCALER_METRICS

@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         httpd.shutdown()
         httpd.server_close()
         scaler.close()
+        fleet.close()  # local workers: warm shutdown, then SIGKILL after stop_timeout
         prometheus.close()
     log.info("stopped")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -25,6 +26,7 @@ from scaler.decision import (
     default_scale_down,
     default_scale_up,
 )
+from scaler.local import LocalBackend
 from scaler.prometheus import PrometheusSettings
 from scaler.rules import Drain, Expression, PerWorker, Threshold
 
@@ -72,7 +74,7 @@ class RuleConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     name: str
-    backend: EcsBackend
+    backend: EcsBackend | LocalBackend
     limits: Limits
     behavior: Behavior
     rules: tuple[RuleConfig, ...]
@@ -512,10 +514,12 @@ def _service(node: _Node) -> ServiceConfig | None:
     )
 
 
-def _backend(node: _Node | None) -> EcsBackend | None:
+def _backend(node: _Node | None) -> EcsBackend | LocalBackend | None:
     if node is None:
         return None
-    kind = node.get("type", _choice("ecs"), "ecs")
+    kind = node.get("type", _choice("ecs", "local"), "ecs")
+    if kind == "local":
+        return _local_backend(node)
     cluster = node.require("cluster", _string)
     service = node.require("service", _string)
     region = node.require("region", _string)
@@ -525,6 +529,53 @@ def _backend(node: _Node | None) -> EcsBackend | None:
         return None
     assert cluster is not None and service is not None and region is not None
     return EcsBackend(cluster=cluster, service=service, region=region, endpoint_url=endpoint)
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            parts = tuple(shlex.split(value))
+        except ValueError as error:
+            raise _Invalid(f"cannot split into arguments: {error} (got {_show(value)})") from None
+    elif isinstance(value, list) and all(isinstance(p, str | int | float) for p in value):
+        parts = tuple(str(p) for p in value)
+    else:
+        raise _Invalid(f"must be a command line or a list of arguments (got {_show(value)})")
+    if not parts or not parts[0]:
+        raise _Invalid("must name a program to run")
+    return parts
+
+
+def _environment_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise _Invalid("must map variable names to string values")
+    return {k: str(v) for k, v in value.items()}
+
+
+def _pattern(value: Any) -> str:
+    text = _string(value)
+    try:
+        re.compile(text)
+    except re.error as error:
+        raise _Invalid(f"not a valid regular expression: {error} (got {_show(text)})") from None
+    return text
+
+
+def _local_backend(node: _Node) -> LocalBackend | None:
+    command = node.require("command", _command)
+    env = node.get("env", _environment_map, {})
+    cwd = node.get("cwd", _string, None)
+    ready = node.get("ready_pattern", _pattern, None)
+    stop_timeout = node.get("stop_timeout", _duration, 30.0)
+    node.at_least("stop_timeout", stop_timeout, 0, strict=True)
+    node.check_unknown()
+    if command is None or stop_timeout <= 0:
+        return None
+    return LocalBackend(command=command, env=env, cwd=cwd, ready_pattern=ready,
+                        stop_timeout=stop_timeout)
 
 
 def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:

@@ -21,6 +21,7 @@ from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
 from scaler.decision import Counts, Decision, History, Reason, decide
 from scaler.ecs import BackendError, EcsService, ServiceCounts, describe_many
 from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
+from scaler.local import LocalBackend, LocalFleet
 from scaler.prometheus import QueryError, Sample
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,19 @@ ClientFactory = Callable[[str, str | None], Any]  # (region, endpoint_url) -> bo
 
 
 class Fleet:
-    """The ECS services behind the config, read in batches of one cluster."""
+    """The services behind the config: ECS ones read in batches per cluster, local ones
+    from their processes."""
 
     def __init__(self, services: Sequence[ServiceConfig], client_for: ClientFactory) -> None:
         self._clients: dict[tuple[str, str | None], Any] = {}
-        self._backends: dict[str, EcsBackend] = {s.name: s.backend for s in services}
+        self._backends: dict[str, EcsBackend] = {
+            s.name: s.backend for s in services if isinstance(s.backend, EcsBackend)}
         for backend in self._backends.values():
             key = (backend.region, backend.endpoint_url)
             if key not in self._clients:
                 self._clients[key] = client_for(*key)
+        self.local = LocalFleet({s.name: s.backend for s in services
+                                 if isinstance(s.backend, LocalBackend)})
 
     def _client(self, backend: EcsBackend) -> Any:
         return self._clients[(backend.region, backend.endpoint_url)]
@@ -53,7 +58,8 @@ class Fleet:
         groups: dict[tuple[str, str | None, str], list[str]] = {}
         for name, b in self._backends.items():
             groups.setdefault((b.region, b.endpoint_url, b.cluster), []).append(name)
-        counts: dict[str, ServiceCounts | BackendError] = {}
+        counts: dict[str, ServiceCounts | BackendError] = {
+            name: workers.counts() for name, workers in self.local.workers.items()}
         for (region, endpoint, cluster), names in groups.items():
             by_service = describe_many(self._clients[(region, endpoint)], cluster,
                                        [self._backends[n].service for n in names],
@@ -63,8 +69,19 @@ class Fleet:
         return counts
 
     def set_desired(self, name: str, count: int) -> None:
+        if name in self.local.workers:
+            self.local.workers[name].set_desired(count)
+            return
         backend = self._backends[name]
         EcsService(self._client(backend), backend.cluster, backend.service).set_desired(count)
+
+    def restarts(self) -> dict[str, int]:
+        """Per local service, the worker processes that exited unasked and were replaced."""
+        return {name: workers.restarts for name, workers in self.local.workers.items()}
+
+    def close(self) -> None:
+        """Stops the local services' workers (warm shutdown); ECS services are left as set."""
+        self.local.close()
 
 
 @dataclass
@@ -102,7 +119,7 @@ class Scaler:
     ) -> None:
         self.config = config
         self._query = query
-        self._fleet = fleet
+        self.fleet = fleet
         self._clock = clock
         self._timer = timer
         self._dry_run = dry_run
@@ -129,7 +146,7 @@ class Scaler:
             q: self._pool.submit(self._query, q) for q in queries
         }
         try:
-            counts = self._fleet.read()
+            counts = self.fleet.read()
         except Exception as error:  # a bug or an unforeseen botocore error: hold everything
             log.exception("reading the services failed")
             counts = {s.name: BackendError("other", s.name, str(error))
@@ -188,7 +205,7 @@ class Scaler:
         applied, history = False, decision.history
         if decision.count != counts.desired and not self._dry_run:
             try:
-                self._fleet.set_desired(service.name, decision.count)
+                self.fleet.set_desired(service.name, decision.count)
                 applied = True
             except BackendError as error:
                 with self.lock:

@@ -27,6 +27,9 @@ class ScalerCollector:
         errors = family(m.SCALER_ERRORS)
         last_success = family(m.SCALER_LAST_SUCCESS)
         duration = family(m.SCALER_EVALUATION_DURATION)
+        restarts = family(m.SCALER_WORKER_RESTARTS)
+        for name, total in sorted(self._scaler.fleet.restarts().items()):
+            restarts.add_metric([name], total)
         with self._scaler.lock:
             for name, state in sorted(self._scaler.states.items()):
                 if state.decision is not None:
@@ -52,4 +55,4 @@ class ScalerCollector:
             if self._scaler.last_duration is not None:
                 duration.add_metric([], self._scaler.last_duration)
         yield from (desired, current, value, recommendation, decisions, errors, last_success,
-                    duration)
+                    duration, restarts)

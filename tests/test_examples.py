@@ -25,6 +25,15 @@ def test_the_scaler_example_is_valid():
     assert len({r.query for s in config.services for r in s.rules}) == 3
 
 
+def test_the_local_example_is_valid():
+    config = load_config(str(EXAMPLES / "scaler-local.yml"), {})
+    emails = config.services[1]
+    assert emails.name == "local-emails"
+    assert emails.backend.command[:6] == ("celery", "-A", "app", "worker", "-Q", "emails")
+    assert "emails-{worker}@%h" in emails.backend.command
+    assert emails.backend.ready_pattern == r"ready\."
+
+
 def test_examples_name_only_defined_metrics():
     defined = {spec.name for spec in m.ALL_METRICS}
     for path in EXAMPLES.iterdir():

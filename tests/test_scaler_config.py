@@ -134,7 +134,7 @@ def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
          "services[0].activation_query: only applies when min is 0 (min is 1)"),
         ({"backend": "{cluster: c, service: s}"}, "services[0].backend.region: required"),
         ({"backend": "{type: k8s, cluster: c, service: s, region: r}"},
-         "services[0].backend.type: must be one of ecs (got 'k8s')"),
+         "services[0].backend.type: must be one of ecs, local (got 'k8s')"),
         ({"backend": None}, "services[0].backend: required"),
         ({"rules": "[{type: drain, query: 'x', throughput: 2/min}]"},
          "services[0].rules[0].drain_within: required"),

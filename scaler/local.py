@@ -1,0 +1,229 @@
+"""The local backend: a service is N worker processes on this machine.
+
+Scale-up starts processes from the configured command; scale-in sends SIGTERM
+(Celery's warm shutdown: stop consuming, finish the running tasks) to the newest
+ones and lets them finish, with SIGKILL after `stop_timeout` as ECS does. A
+process that exits without being asked to is counted and replaced. A process
+counts as pending until it prints a line matching `ready_pattern` (when one is
+set), then as running; processes being stopped count as neither.
+
+Each process runs in a session of its own, so a Ctrl-C in the scaler's terminal
+reaches the scaler only, which then stops its workers in order; and a SIGKILL
+can reach the whole group, leaving no child behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from scaler.ecs import ServiceCounts
+
+log = logging.getLogger(__name__)
+output_log = logging.getLogger("scaler.local.output")
+
+WORKER_PLACEHOLDER = "{worker}"
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    ready_pattern: str | None = None
+    stop_timeout: float = 30.0
+
+
+@dataclass
+class _Worker:
+    number: int
+    process: subprocess.Popen[bytes]
+    started_at: float
+    ready: bool = False
+    stopping_at: float | None = None
+    reader: threading.Thread | None = None
+
+
+class LocalWorkers:
+    """One service's worker processes; every method is thread-safe."""
+
+    def __init__(self, service: str, backend: LocalBackend,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.service = service
+        self.backend = backend
+        self._clock = clock
+        self._ready = re.compile(backend.ready_pattern) if backend.ready_pattern else None
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._desired = 0
+        self._numbers = 0
+        self.restarts = 0  # processes that exited unasked and were replaced
+        self._closed = False
+
+    # ---------------------------------------------------------------- the backend's API
+
+    def counts(self) -> ServiceCounts:
+        with self._lock:
+            self._reap()
+            live = [w for w in self._workers if w.stopping_at is None]
+            running = sum(1 for w in live if w.ready)
+            return ServiceCounts(self._desired, running, len(live) - running)
+
+    def set_desired(self, count: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._desired = count
+            self._reconcile()
+
+    def supervise(self) -> None:
+        """Reap exits, replace crashed processes, kill those past stop_timeout."""
+        with self._lock:
+            self._reap()
+            if not self._closed:
+                self._reconcile()
+
+    def close(self) -> None:
+        """Stop every process: SIGTERM, then SIGKILL to its group after stop_timeout."""
+        with self._lock:
+            self._closed = True
+            self._desired = 0
+            workers = list(self._workers)
+            for worker in workers:
+                self._terminate(worker)
+        deadline = self._clock() + self.backend.stop_timeout
+        for worker in workers:
+            try:
+                worker.process.wait(timeout=max(0.0, deadline - self._clock()))
+            except subprocess.TimeoutExpired:
+                log.warning("service=%s worker=%d did not stop within %gs: killed",
+                            self.service, worker.number, self.backend.stop_timeout)
+            _kill_group(worker.process)
+            worker.process.wait()
+            if worker.reader is not None:
+                worker.reader.join(timeout=5)
+        with self._lock:
+            self._workers.clear()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.process.pid for w in self._workers]
+
+    # ---------------------------------------------------------------- internals (lock held)
+
+    def _reconcile(self) -> None:
+        live = [w for w in self._workers if w.stopping_at is None]
+        for _ in range(self._desired - len(live)):
+            self._start()
+        if len(live) > self._desired:
+            # Newest first: the oldest have warmed up and are most likely busy anyway;
+            # a warm shutdown lets a busy one finish either way.
+            for worker in sorted(live, key=lambda w: w.number)[self._desired:]:
+                self._terminate(worker)
+
+    def _start(self) -> None:
+        self._numbers += 1
+        number = self._numbers
+        command = [part.replace(WORKER_PLACEHOLDER, str(number))
+                   for part in self.backend.command]
+        env = {**os.environ, **self.backend.env, "TASKQUEUE_WORKER_ID": str(number)}
+        try:
+            process = subprocess.Popen(
+                command, cwd=self.backend.cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as error:
+            log.error("service=%s cannot start worker %d (%s): %s", self.service, number,
+                      command[0], error.strerror or error)
+            return
+        worker = _Worker(number, process, self._clock(), ready=self._ready is None)
+        worker.reader = threading.Thread(target=self._read, args=(worker,),
+                                         name=f"{self.service}-{number}", daemon=True)
+        worker.reader.start()
+        self._workers.append(worker)
+        log.info("service=%s started worker %d (pid %d)", self.service, number, process.pid)
+
+    def _terminate(self, worker: _Worker) -> None:
+        if worker.stopping_at is not None or worker.process.poll() is not None:
+            return
+        worker.stopping_at = self._clock()
+        log.info("service=%s stopping worker %d (pid %d): SIGTERM", self.service,
+                 worker.number, worker.process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGTERM)
+
+    def _reap(self) -> None:
+        now = self._clock()
+        for worker in list(self._workers):
+            code = worker.process.poll()
+            if code is None:
+                if (worker.stopping_at is not None
+                        and now - worker.stopping_at >= self.backend.stop_timeout):
+                    log.warning("service=%s worker %d did not stop within %gs: SIGKILL",
+                                self.service, worker.number, self.backend.stop_timeout)
+                    _kill_group(worker.process)
+                continue
+            # The main process is gone; anything it left in its group goes too.
+            _kill_group(worker.process)
+            self._workers.remove(worker)
+            if worker.stopping_at is not None:
+                log.info("service=%s worker %d stopped (exit code %d)", self.service,
+                         worker.number, code)
+            elif not self._closed:
+                self.restarts += 1
+                log.warning("service=%s worker %d exited unasked (exit code %d): replacing it",
+                            self.service, worker.number, code)
+
+    def _read(self, worker: _Worker) -> None:
+        stream = worker.process.stdout
+        assert stream is not None
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not worker.ready and self._ready is not None and self._ready.search(line):
+                worker.ready = True
+            output_log.debug("service=%s worker=%d: %s", self.service, worker.number, line)
+        stream.close()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class LocalFleet:
+    """The local services, and the thread that keeps their processes as asked."""
+
+    def __init__(self, services: Mapping[str, LocalBackend], tick: float = 0.5) -> None:
+        self.workers = {name: LocalWorkers(name, backend) for name, backend in services.items()}
+        self._stop = threading.Event()
+        self._tick = tick
+        self._thread: threading.Thread | None = None
+        if self.workers:
+            self._thread = threading.Thread(target=self._run, name="local-workers", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick):
+            for workers in self.workers.values():
+                try:
+                    workers.supervise()
+                except Exception:  # the supervisor must outlive any one failure
+                    log.exception("service=%s supervising workers failed", workers.service)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        threads = [threading.Thread(target=w.close) for w in self.workers.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()

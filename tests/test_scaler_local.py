@@ -1,0 +1,189 @@
+"""The local backend: real processes started, stopped, replaced and cleaned up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scaler.config import ConfigError, parse_config
+from scaler.ecs import ServiceCounts
+from scaler.local import LocalBackend, LocalWorkers
+from tests.services import wait_for
+
+FAKE = str(Path(__file__).with_name("fake_worker.py"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is not a live worker.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def live_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        # After the command: state, ppid, pgrp.
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator:
+    made: list[LocalWorkers] = []
+
+    def build(stop_timeout: float = 5.0, **env: str) -> LocalWorkers:
+        backend = LocalBackend(command=(sys.executable, FAKE, str(tmp_path), "w{worker}"),
+                               env=env, ready_pattern=r"ready$", stop_timeout=stop_timeout)
+        workers = LocalWorkers("svc", backend)
+        made.append(workers)
+        return workers
+
+    yield build
+    for workers in made:
+        workers.close()
+
+
+def pid_of(tmp_path: Path, name: str) -> tuple[int, str]:
+    path = tmp_path / f"{name}.pid"
+    wait_for(path.exists, timeout=10, what=f"{name} to start")
+    pid, worker_id = path.read_text().split()
+    return int(pid), worker_id
+
+
+def test_processes_are_pending_until_ready_then_running(make, tmp_path):
+    workers = make(FAKE_READY_AFTER="0.5")
+    workers.set_desired(3)
+    assert workers.counts() == ServiceCounts(desired=3, running=0, pending=3)
+    wait_for(lambda: workers.counts() == ServiceCounts(3, 3, 0), timeout=10,
+             what="three ready workers")
+    # {worker} in the command and TASKQUEUE_WORKER_ID number the processes.
+    assert [pid_of(tmp_path, f"w{n}")[1] for n in (1, 2, 3)] == ["1", "2", "3"]
+
+
+def test_scale_in_stops_the_newest_with_sigterm_and_lets_them_finish(make, tmp_path):
+    workers = make(FAKE_READY_AFTER="0", FAKE_DRAIN="1.0")
+    workers.set_desired(3)
+    wait_for(lambda: workers.counts().running == 3, timeout=10, what="three workers")
+    pids = {n: pid_of(tmp_path, f"w{n}")[0] for n in (1, 2, 3)}
+    workers.set_desired(1)
+    # Being stopped counts as neither running nor pending, at once.
+    assert workers.counts() == ServiceCounts(1, 1, 0)
+    assert alive(pids[2]) and alive(pids[3])  # finishing their "task" (1 s)
+    wait_for(lambda: not alive(pids[2]) and not alive(pids[3]), timeout=10,
+             what="the stopped workers to finish and exit")
+    workers.supervise()
+    assert workers.pids() == [pids[1]]
+    assert workers.restarts == 0
+
+
+def test_a_crashed_worker_is_counted_and_replaced(make, tmp_path):
+    workers = make(FAKE_READY_AFTER="0")
+    workers.set_desired(2)
+    wait_for(lambda: workers.counts().running == 2, timeout=10, what="two workers")
+    crashed = pid_of(tmp_path, "w1")[0]
+    os.kill(crashed, signal.SIGKILL)
+    wait_for(lambda: (workers.supervise(), workers.restarts)[1] == 1, timeout=10,
+             what="the crash to be noticed")
+    assert crashed not in workers.pids()
+    wait_for(lambda: workers.counts() == ServiceCounts(2, 2, 0), timeout=10,
+             what="the replacement to be ready")
+    assert pid_of(tmp_path, "w3")[1] == "3"
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_stop_timeout(make, tmp_path):
+    workers = make(stop_timeout=0.5, FAKE_READY_AFTER="0", FAKE_IGNORE_TERM="1")
+    workers.set_desired(1)
+    pid = pid_of(tmp_path, "w1")[0]
+    workers.set_desired(0)
+    wait_for(lambda: (workers.supervise(), workers.pids())[1] == [], timeout=10,
+             what="the stubborn worker to be killed")
+    assert not alive(pid)
+    assert workers.restarts == 0
+
+
+def test_close_stops_every_worker_and_leaves_no_process_behind(make, tmp_path):
+    workers = make(FAKE_READY_AFTER="0", FAKE_CHILD="1")
+    workers.set_desired(2)
+    wait_for(lambda: workers.counts().running == 2, timeout=10, what="two workers")
+    pids = [pid_of(tmp_path, f"w{n}")[0] for n in (1, 2)]
+    children = [int((tmp_path / f"w{n}.child").read_text()) for n in (1, 2)]
+    assert all(alive(p) for p in pids + children)
+    workers.close()
+    assert not any(alive(p) for p in pids + children)
+    assert [live_members(p) for p in pids] == [[], []]
+    workers.set_desired(3)  # closed: nothing starts again
+    assert workers.pids() == []
+
+
+def test_a_command_that_cannot_start_is_logged_and_counts_nothing(tmp_path, caplog):
+    workers = LocalWorkers("svc", LocalBackend(command=(str(tmp_path / "missing"),)))
+    workers.set_desired(2)
+    assert workers.counts() == ServiceCounts(2, 0, 0)
+    assert "service=svc cannot start worker 1" in caplog.text
+    workers.close()
+
+
+# --------------------------------------------------------------------------- config
+
+LOCAL = """
+prometheus: {url: 'http://p:9090'}
+services:
+  - name: w
+    backend: %s
+    min: 0
+    max: 5
+    rules: [{type: per_worker, query: x, target: 1}]
+"""
+
+
+def test_a_local_backend_from_a_command_line_or_a_list():
+    text = LOCAL % ("{type: local, command: 'celery -A app worker -n \"w{worker}@%h\"', "
+                    "env: {A: 1}, cwd: /srv, ready_pattern: 'ready\\.', stop_timeout: 2m}")
+    backend = parse_config(text, {}).services[0].backend
+    assert backend == LocalBackend(command=("celery", "-A", "app", "worker", "-n", "w{worker}@%h"),
+                                   env={"A": "1"}, cwd="/srv", ready_pattern=r"ready\.",
+                                   stop_timeout=120.0)
+    listed = parse_config(LOCAL % "{type: local, command: [python, -m, x, 2]}", {})
+    assert listed.services[0].backend == LocalBackend(command=("python", "-m", "x", "2"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "error"),
+    [("{type: local}", "services[0].backend.command: required"),
+     ("{type: local, command: []}", "services[0].backend.command: must name a program to run"),
+     ("{type: local, command: 'a \"b'}",
+      "services[0].backend.command: cannot split into arguments: No closing quotation "
+      "(got 'a \"b')"),
+     ("{type: local, command: x, ready_pattern: '('}",
+      "services[0].backend.ready_pattern: not a valid regular expression: missing ), "
+      "unterminated subpattern at position 0 (got '(')"),
+     ("{type: local, command: x, stop_timeout: 0}",
+      "services[0].backend.stop_timeout: must be > 0 (got 0)"),
+     ("{type: local, command: x, cluster: c}", "services[0].backend.cluster: unknown key"),
+     ("{type: local, command: x, env: {A: [1]}}",
+      "services[0].backend.env: must map variable names to string values")],
+)
+def test_local_backend_errors(backend, error):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(LOCAL % backend, {})
+    assert caught.value.errors == [error]
