@@ -113,11 +113,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         scaler.run(stop, once=args.once)
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        scaler.close()
-        fleet.close()  # local workers: warm shutdown, then SIGKILL after stop_timeout
-        prometheus.close()
+        try:
+            httpd.shutdown()
+            httpd.server_close()
+            scaler.close()
+        finally:
+            fleet.close()  # local workers: warm shutdown, then SIGKILL after stop_timeout
+            prometheus.close()
     log.info("stopped")
     return 0
 

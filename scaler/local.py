@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 output_log = logging.getLogger("scaler.local.output")
 
 WORKER_PLACEHOLDER = "{worker}"
+# A process that dies within this many seconds of its start (or cannot start) delays
+# the next start: 1 s, 2 s, 4 s ... up to MAX_BACKOFF, so a broken command is not
+# restarted twice a second for ever.
+QUICK_EXIT = 10.0
+MAX_BACKOFF = 60.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class LocalWorkers:
         self._numbers = 0
         self.restarts = 0  # processes that exited unasked and were replaced
         self._closed = False
+        self._quick_failures = 0
+        self._no_start_before = 0.0
 
     # ---------------------------------------------------------------- the backend's API
 
@@ -101,10 +108,10 @@ class LocalWorkers:
                 self._terminate(worker)
         deadline = self._clock() + self.backend.stop_timeout
         for worker in workers:
-            try:
-                worker.process.wait(timeout=max(0.0, deadline - self._clock()))
-            except subprocess.TimeoutExpired:
-                log.warning("service=%s worker=%d did not stop within %gs: killed",
+            while not _exited(worker.process) and self._clock() < deadline:
+                time.sleep(0.05)
+            if not _exited(worker.process):
+                log.warning("service=%s worker %d did not stop within %gs: killed",
                             self.service, worker.number, self.backend.stop_timeout)
             _kill_group(worker.process)
             worker.process.wait()
@@ -121,15 +128,24 @@ class LocalWorkers:
 
     def _reconcile(self) -> None:
         live = [w for w in self._workers if w.stopping_at is None]
-        for _ in range(self._desired - len(live)):
-            self._start()
+        if self._clock() >= self._no_start_before:
+            for _ in range(self._desired - len(live)):
+                if not self._start():
+                    break
         if len(live) > self._desired:
             # Newest first: the oldest have warmed up and are most likely busy anyway;
             # a warm shutdown lets a busy one finish either way.
             for worker in sorted(live, key=lambda w: w.number)[self._desired:]:
                 self._terminate(worker)
 
-    def _start(self) -> None:
+    def _failed_quickly(self) -> None:
+        self._quick_failures += 1
+        delay = min(MAX_BACKOFF, 2.0 ** (self._quick_failures - 1))
+        self._no_start_before = self._clock() + delay
+        log.warning("service=%s: next worker start in %gs (%d quick failures in a row)",
+                    self.service, delay, self._quick_failures)
+
+    def _start(self) -> bool:
         self._numbers += 1
         number = self._numbers
         command = [part.replace(WORKER_PLACEHOLDER, str(number))
@@ -143,13 +159,15 @@ class LocalWorkers:
         except OSError as error:
             log.error("service=%s cannot start worker %d (%s): %s", self.service, number,
                       command[0], error.strerror or error)
-            return
+            self._failed_quickly()
+            return False
         worker = _Worker(number, process, self._clock(), ready=self._ready is None)
         worker.reader = threading.Thread(target=self._read, args=(worker,),
                                          name=f"{self.service}-{number}", daemon=True)
         worker.reader.start()
         self._workers.append(worker)
         log.info("service=%s started worker %d (pid %d)", self.service, number, process.pid)
+        return True
 
     def _terminate(self, worker: _Worker) -> None:
         if worker.stopping_at is not None or worker.process.poll() is not None:
@@ -163,16 +181,19 @@ class LocalWorkers:
     def _reap(self) -> None:
         now = self._clock()
         for worker in list(self._workers):
-            code = worker.process.poll()
-            if code is None:
+            if worker.stopping_at is None and now - worker.started_at >= QUICK_EXIT:
+                self._quick_failures = 0  # a worker stayed up: the command works
+            if not _exited(worker.process):
                 if (worker.stopping_at is not None
                         and now - worker.stopping_at >= self.backend.stop_timeout):
                     log.warning("service=%s worker %d did not stop within %gs: SIGKILL",
                                 self.service, worker.number, self.backend.stop_timeout)
                     _kill_group(worker.process)
                 continue
-            # The main process is gone; anything it left in its group goes too.
+            # The main process is gone but not yet reaped, so its pid (the group's id)
+            # cannot be reused: whatever it left in its group goes too, then reap it.
             _kill_group(worker.process)
+            code = worker.process.wait()
             self._workers.remove(worker)
             if worker.stopping_at is not None:
                 log.info("service=%s worker %d stopped (exit code %d)", self.service,
@@ -181,6 +202,8 @@ class LocalWorkers:
                 self.restarts += 1
                 log.warning("service=%s worker %d exited unasked (exit code %d): replacing it",
                             self.service, worker.number, code)
+                if now - worker.started_at < QUICK_EXIT:
+                    self._failed_quickly()
 
     def _read(self, worker: _Worker) -> None:
         stream = worker.process.stdout
@@ -191,6 +214,17 @@ class LocalWorkers:
                 worker.ready = True
             output_log.debug("service=%s worker=%d: %s", self.service, worker.number, line)
         stream.close()
+
+
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    """Whether the process has exited, without reaping it (its pid stays taken)."""
+    if process.returncode is not None:
+        return True
+    try:
+        found = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return found is not None
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

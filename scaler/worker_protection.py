@@ -7,13 +7,13 @@ inside the task through the ECS agent's endpoint. One call in the Celery app:
     from scaler.worker_protection import protect_ecs_workers
     protect_ecs_workers(app)
 
-and each worker protects its task before it takes a task from the broker (the
-`task_received` signal, in the consumer, before the task is reserved), renews
-the protection while it holds any task (received, reserved, scheduled with an
-ETA, or running), and releases it once it has held nothing for `release_after`
-seconds. If the agent refuses protection, the worker stops consuming, finishes
-the tasks it holds, and exits, so ECS replaces it with a task that can be
-protected. Outside ECS (no ECS_AGENT_URI) it does nothing and says so once.
+and each worker protects its task as a task arrives, before the task is reserved
+or run (the `task_received` signal, in the consumer), renews the protection while
+it holds any task (reserved, prefetched or running; not one waiting for its ETA,
+which a warm shutdown gives back to the queue), and releases it once it has held
+nothing for `release_after` seconds. If the agent refuses protection, the worker
+stops consuming, finishes the tasks it holds, and exits, so ECS replaces it with a
+task that can be protected. Outside ECS (no ECS_AGENT_URI) it does nothing and says so once.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ class WorkerProtection:
         release_after: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         on_refused: Callable[[str], None] = lambda detail: None,
+        retry_after: float = 5.0,
     ) -> None:
         if not 1 <= expires_in_minutes <= 2880:
             raise ValueError(f"expires_in_minutes must be 1..2880 (got {expires_in_minutes})")
@@ -132,8 +133,10 @@ class WorkerProtection:
         self._clock = clock
         self._on_refused = on_refused
         self._lock = threading.Lock()
+        self._retry_after = retry_after
         self.protected_at: float | None = None  # when the protection in force was set
         self.idle_since: float | None = None
+        self.failed_at: float | None = None  # the last transient failure
         self.refused = False
 
     def _protected(self, now: float) -> bool:
@@ -143,7 +146,11 @@ class WorkerProtection:
         with self._lock:
             now = self._clock()
             self.idle_since = None
-            if not self.refused and not self._protected(now):
+            # Runs in the consumer's event loop: after a failure, leave the retries to
+            # the ticker rather than block the loop on a slow agent for every task.
+            recently_failed = (self.failed_at is not None
+                               and now - self.failed_at < self._retry_after)
+            if not self.refused and not self._protected(now) and not recently_failed:
                 self._protect(now)
 
     def tick(self) -> None:
@@ -176,6 +183,7 @@ class WorkerProtection:
                 log.info("task protected from scale-in for %d min (%s)", self._minutes,
                          answer.detail)
             self.protected_at = now
+            self.failed_at = None
         elif answer.outcome == "refused":
             self.refused = True
             log.error("the ECS agent refused task protection (%s): this worker stops taking "
@@ -183,6 +191,7 @@ class WorkerProtection:
             self._on_refused(answer.detail)
         else:
             # Tried again at the next tick; a protection still in force stays.
+            self.failed_at = now
             log.warning("task protection not set, will retry: %s", answer.detail)
 
     def _release(self) -> None:
@@ -202,25 +211,26 @@ class WorkerProtection:
 
 
 def _holding() -> bool:
+    """Reserved (prefetched or about to run) or running tasks in this worker.
+
+    Tasks waiting in the worker for their ETA do not count: a warm shutdown gives
+    them back to the queue, and keeping the task protected until an ETA hours
+    away would block scale-in for nothing.
+    """
     from celery.worker import state
 
-    return bool(state.requests) or bool(state.scheduled_requests)
-
-
-def _running_or_reserved() -> bool:
-    from celery.worker import state
-
-    # Tasks waiting for their ETA are left out: Redis and RabbitMQ give them back
-    # to the queue when the worker exits, and their ETA may be hours away.
-    return bool(state.requests)
+    return bool(getattr(state, "reserved_requests", ())) or bool(
+        getattr(state, "active_requests", ()))
 
 
 class _CeleryWorker:
     """One worker process's protection: the ticker thread and the exit on refusal."""
 
-    def __init__(self, protection_args: dict[str, Any], agent: EcsAgent, tick: float) -> None:
+    def __init__(self, protection_args: dict[str, Any], agent: EcsAgent, tick: float,
+                 exit_on_refusal: bool) -> None:
         self.agent = agent
-        self.protection = WorkerProtection(agent, _holding, on_refused=self._refused,
+        on_refused = self._refused if exit_on_refusal else _carry_on
+        self.protection = WorkerProtection(agent, _holding, on_refused=on_refused,
                                            **protection_args)
         self.consumer: Any = None
         self._tick = tick
@@ -243,7 +253,7 @@ class _CeleryWorker:
         while not self._stop.wait(self._tick):
             try:
                 self.protection.tick()
-                if self._leaving and not _running_or_reserved():
+                if self._leaving and not _holding():
                     log.warning("refused protection: the tasks held are done; exiting")
                     os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
                     return
@@ -261,11 +271,19 @@ class _CeleryWorker:
             return
 
         def cancel_all() -> None:
-            for queue in list(consumer.task_consumer.queues):
-                consumer.cancel_task_queue(queue.name)
+            try:
+                for queue in list(consumer.task_consumer.queues):
+                    consumer.cancel_task_queue(queue.name)
+            except Exception:  # e.g. no task consumer during a reconnect: leave now
+                log.exception("cannot stop consuming; warm shutdown instead")
+                os.kill(os.getpid(), signal.SIGTERM)
 
         # The consumer's channel belongs to its event loop thread.
         hub.call_soon(cancel_all)
+
+
+def _carry_on(detail: str) -> None:
+    log.error("working on without task protection (exit_on_refusal=False)")
 
 
 def protect_ecs_workers(
@@ -275,6 +293,7 @@ def protect_ecs_workers(
     renew_every: float | None = None,
     release_after: float = 10.0,
     tick: float = 1.0,
+    exit_on_refusal: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> None:
     """Protect each worker's ECS task while it holds tasks (see the module docs).
@@ -282,8 +301,12 @@ def protect_ecs_workers(
     `expires_in_minutes` (1-2880): how long one protection lasts if never renewed, so a
     worker that hangs does not block scale-in for ever; renewed every `renew_every`
     seconds (default half of it) while the worker holds tasks; released after
-    `release_after` seconds without any. Safe to call in every process that imports
-    the app: only a worker started from it does anything.
+    `release_after` seconds without any. On a refusal the worker stops consuming,
+    finishes what it holds and exits, unless `exit_on_refusal` is False: then it logs
+    the refusal and works on unprotected (a refusal for a reason every new task meets
+    too, such as a missing IAM permission, would otherwise replace the fleet over and
+    over). Safe to call in every process that imports the app: only a worker started
+    from it does anything.
     """
     from celery import signals
 
@@ -298,7 +321,7 @@ def protect_ecs_workers(
         uri = environ.get("ECS_AGENT_URI")
         if getattr(sender, "app", None) is not app or not uri:
             return
-        worker = _CeleryWorker(args, EcsAgent(uri), tick)
+        worker = _CeleryWorker(args, EcsAgent(uri), tick, exit_on_refusal)
         workers[id(app)] = worker
         worker.start()
 

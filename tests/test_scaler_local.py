@@ -105,8 +105,9 @@ def test_a_crashed_worker_is_counted_and_replaced(make, tmp_path):
     wait_for(lambda: (workers.supervise(), workers.restarts)[1] == 1, timeout=10,
              what="the crash to be noticed")
     assert crashed not in workers.pids()
-    wait_for(lambda: workers.counts() == ServiceCounts(2, 2, 0), timeout=10,
-             what="the replacement to be ready")
+    # Died within QUICK_EXIT of its start: replaced after a 1 s back-off.
+    wait_for(lambda: (workers.supervise(), workers.counts())[1] == ServiceCounts(2, 2, 0),
+             timeout=10, what="the replacement to be ready")
     assert pid_of(tmp_path, "w3")[1] == "3"
 
 
@@ -187,3 +188,41 @@ def test_local_backend_errors(backend, error):
     with pytest.raises(ConfigError) as caught:
         parse_config(LOCAL % backend, {})
     assert caught.value.errors == [error]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_command_that_keeps_dying_at_once_is_restarted_with_backoff():
+    clock = Clock()
+    dying = LocalBackend(command=(sys.executable, "-c", "raise SystemExit(3)"))
+    workers = LocalWorkers("svc", dying, clock=clock)
+    try:
+        workers.set_desired(1)
+
+        def restarts(n: int) -> bool:
+            workers.supervise()
+            return workers.restarts == n
+
+        wait_for(lambda: restarts(1), timeout=10, what="the first exit")
+        assert workers.pids() == []  # next start in 1 s
+        clock.now = 0.9
+        workers.supervise()
+        assert workers.pids() == []
+        clock.now = 1.0
+        workers.supervise()
+        assert len(workers.pids()) == 1
+        wait_for(lambda: restarts(2), timeout=10, what="the second exit")
+        clock.now = 2.9  # then 2 s
+        workers.supervise()
+        assert workers.pids() == []
+        clock.now = 3.0
+        workers.supervise()
+        assert len(workers.pids()) == 1
+    finally:
+        workers.close()

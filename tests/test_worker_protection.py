@@ -3,6 +3,7 @@ real Celery worker against a stand-in for the agent's documented endpoint."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,20 @@ def test_a_transient_failure_is_retried_at_the_next_tick_and_keeps_protection_in
     assert len(agent.calls) == 4
 
 
+def test_after_a_failure_arriving_work_leaves_the_retries_to_the_ticker():
+    agent, holding, clock = ScriptedAgent("transient"), [True], Clock()
+    protection = machine(agent, holding, clock)
+    protection.work_arrived()
+    clock.now += 4.9
+    protection.work_arrived()  # the consumer's loop is not blocked on the agent again
+    assert len(agent.calls) == 1
+    protection.tick()
+    assert len(agent.calls) == 2 and protection.protected_at == clock.now
+    clock.now += 601
+    protection.work_arrived()
+    assert len(agent.calls) == 3
+
+
 def test_a_lapsed_protection_is_set_again_when_work_arrives():
     agent, holding, clock = ScriptedAgent(), [False], Clock()
     protection = machine(agent, holding, clock)
@@ -201,7 +216,7 @@ def test_a_worker_protects_renews_and_releases_around_its_task(
                           expires_in_minutes=3, renew_every=1.0, release_after=1.0, tick=0.2)
     app = producer(redis_server.url)
     try:
-        app.send_task("tests.hold", ("long", 2.5), queue="protect-seq")
+        app.send_task("tests.hold", ("long", 4.0), queue="protect-seq")
         wait_for(lambda: any(not c.enabled for c in agent.snapshot()), timeout=30,
                  what="the worker to release its protection")
         calls = agent.snapshot()
@@ -214,9 +229,10 @@ def test_a_worker_protects_renews_and_releases_around_its_task(
     # Protected before the task started, for the minutes asked.
     assert enabled[0].at <= started
     assert {c.minutes for c in enabled} == {3}
-    # Renewed about every second while the 2.5 s task ran.
+    # Renewed about every second while the 4 s task ran.
     renewals = [c for c in enabled[1:] if c.at < finished]
     assert len(renewals) >= 2, calls
+    assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(enabled))
     # Released once it had held nothing for release_after (1 s), and not renewed after.
     assert release.at >= finished + 1.0
     assert release.at <= finished + 4.0
