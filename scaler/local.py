@@ -106,9 +106,10 @@ class LocalWorkers:
             workers = list(self._workers)
             for worker in workers:
                 self._terminate(worker)
-        deadline = self._clock() + self.backend.stop_timeout
+        # Real time, not the injected clock: this waits on real processes.
+        deadline = time.monotonic() + self.backend.stop_timeout
         for worker in workers:
-            while not _exited(worker.process) and self._clock() < deadline:
+            while not _exited(worker.process) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if not _exited(worker.process):
                 log.warning("service=%s worker %d did not stop within %gs: killed",
