@@ -186,8 +186,7 @@ class WorkerProtection:
             self.failed_at = None
         elif answer.outcome == "refused":
             self.refused = True
-            log.error("the ECS agent refused task protection (%s): this worker stops taking "
-                      "tasks, finishes those it holds, and exits", answer.detail)
+            log.error("the ECS agent refused task protection (%s)", answer.detail)
             self._on_refused(answer.detail)
         else:
             # Tried again at the next tick; a protection still in force stays.
@@ -261,6 +260,7 @@ class _CeleryWorker:
                 log.exception("task protection tick failed")
 
     def _refused(self, detail: str) -> None:
+        log.error("this worker stops taking tasks, finishes those it holds, and exits")
         self._leaving = True
         consumer = self.consumer
         hub = getattr(consumer, "hub", None)
