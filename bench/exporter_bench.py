@@ -26,7 +26,6 @@ import cProfile
 import gzip
 import io
 import json
-import math
 import os
 import pstats
 import re
@@ -35,7 +34,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +48,9 @@ import redis
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+# The repository root, for the benchmarks' shared harness.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import SanityError, percentile, run_benchmark, step
 from exporter.cli import build_collector
 from exporter.config import parse_config
 
@@ -80,10 +81,6 @@ DEPTH_METRIC = "taskqueue_queue_depth"
 UNACKED_METRIC = "taskqueue_tasks_unacked"
 DURATION_METRIC = "taskqueue_exporter_scrape_duration_seconds"
 SUCCESS_METRIC = "taskqueue_exporter_scrape_success"
-
-
-class SanityError(RuntimeError):
-    """The exporter reported something other than what the benchmark stored."""
 
 
 # --------------------------------------------------------------------------- messages
@@ -459,12 +456,6 @@ def scrape_over_http(workdir: Path, redis_port: int, data: DataSet, scrapes: int
     return HttpResult(wall, broker, peak, rss)
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest rank: with 50 samples p99 is the slowest one."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
 # --------------------------------------------------------------------------- round trips
 
 
@@ -651,10 +642,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _step(message: str) -> None:
-    print(f"... {message}", file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace, workdir: Path) -> Report:
     started = time.perf_counter()
     big = DataSet(args.queues, args.messages, args.unacked)
@@ -662,18 +649,18 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     small = DataSet(small_queues, args.messages * small_queues // args.queues, args.unacked)
     with redis_server(workdir) as port:
         client = redis.Redis(port=port)
-        _step(f"filling {big.queues} queues, {big.messages} messages, {big.unacked} unacked")
+        step(f"filling {big.queues} queues, {big.messages} messages, {big.unacked} unacked")
         fill_seconds = fill(client, big)
-        _step(f"filled in {fill_seconds:.1f} s; counting round trips")
+        step(f"filled in {fill_seconds:.1f} s; counting round trips")
         trips = [count_round_trips(port, big)]
         if args.profile:
             print(profile_scrape(port))
-        _step(f"{args.scrapes} HTTP scrapes of the exporter")
+        step(f"{args.scrapes} HTTP scrapes of the exporter")
         http = scrape_over_http(workdir, port, big, args.scrapes)
-        _step(f"{args.scrapes} HTTP scrapes, every tail changed before each")
+        step(f"{args.scrapes} HTTP scrapes, every tail changed before each")
         churned = scrape_over_http(workdir, port, big, args.scrapes,
                                    before_each=lambda: rotate_tails(client, big))
-        _step(f"refilling with {small.queues} queues, {small.messages} messages")
+        step(f"refilling with {small.queues} queues, {small.messages} messages")
         small_fill = fill(client, small)
         trips.append(count_round_trips(port, small))
         client.close()
@@ -685,32 +672,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     )
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # SIGTERM (e.g. make being stopped) unwinds like Ctrl-C, so the children are stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
     if not os.access(EXPORTER_BIN, os.X_OK):
         print(f"exporter_bench: {EXPORTER_BIN} not found; install the package into .venv",
               file=sys.stderr)
         return 1
-    try:
-        with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
-            report = run(args, Path(tmp))
-    except SanityError as error:
-        print(f"exporter_bench: SANITY CHECK FAILED: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("exporter_bench: interrupted", file=sys.stderr)
-        return 130
-    print(render(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
-    return 0
+    return run_benchmark("exporter_bench", lambda workdir: run(args, workdir), render, args.json)
 
 
 if __name__ == "__main__":

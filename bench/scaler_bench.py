@@ -27,12 +27,9 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +43,7 @@ from requests.adapters import HTTPAdapter
 # The test suite's real-service helpers: the same Prometheus and scrape target the
 # scaler's tests use.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import SanityError, percentile, run_benchmark, step
 from scaler.prometheus import Sample
 from tests.aws import FAKE_CREDENTIALS
 from tests.services import MetricsTarget, PrometheusServer
@@ -56,14 +54,6 @@ REGION = "us-east-1"  # tests.aws.REGION
 SCRAPE_DEADLINE = 30.0
 RULES_PER_SERVICE = 3
 DESCRIBE_BATCH = 10  # scaler.ecs.DESCRIBE_BATCH
-
-
-class SanityError(RuntimeError):
-    """The scaler did not do what the benchmark set up."""
-
-
-def _step(message: str) -> None:
-    print(f"... {message}", file=sys.stderr, flush=True)
 
 
 def queue_names(n: int) -> list[str]:
@@ -195,12 +185,6 @@ class Counter:
         return value
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest rank: with 30 samples p99 is the slowest one."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -300,7 +284,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     report = Report(services=args.services, layout=args.layout, rules_per_service=RULES_PER_SERVICE,
                     cycles=args.cycles, concurrency=args.concurrency,
                     cpus=len(os.sched_getaffinity(0)))
-    _step(f"starting a metrics target and prometheus for {len(queues)} queues")
+    step(f"starting a metrics target and prometheus for {len(queues)} queues")
     with contextlib.closing(MetricsTarget(exposition(queues))) as target, \
             running_prometheus(workdir, target.address, len(queues)) as url, mock_aws():
         config = parse_config(config_text(url, queues, args.concurrency, args.layout), {})
@@ -311,7 +295,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
         ecs.register_task_definition(
             family="worker",
             containerDefinitions=[{"name": "worker", "image": "busybox", "memory": 128}])
-        _step(f"creating {len(queues)} ECS services in moto")
+        step(f"creating {len(queues)} ECS services in moto")
         for queue in queues:
             ecs.create_service(cluster=CLUSTER, serviceName=f"celery-{queue}",
                                taskDefinition="worker", desiredCount=2)
@@ -342,7 +326,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
                         dry_run=True)
         report.distinct_queries = len({q for s in config.services for q in queries_of(s)})
         report.setup_seconds = time.perf_counter() - started
-        _step(f"{args.cycles} cycles (plus one warm-up)")
+        step(f"{args.cycles} cycles (plus one warm-up)")
         try:
             for cycle in range(args.cycles + 1):
                 trace.reset()
@@ -379,33 +363,15 @@ def run(args: argparse.Namespace, workdir: Path) -> Report:
     return report
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _interrupt)
     os.environ.update(FAKE_CREDENTIALS)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECS",
                  "MOTO_ECS_SERVICE_RUNNING"):
         os.environ.pop(name, None)
     # The scaler logs each decision; at 200 services x N cycles that is noise here.
     logging.basicConfig(level=logging.ERROR)
-    try:
-        with tempfile.TemporaryDirectory(prefix="scaler-bench-") as tmp:
-            report = run(args, Path(tmp))
-    except SanityError as error:
-        print(f"scaler_bench: SANITY CHECK FAILED: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("scaler_bench: interrupted", file=sys.stderr)
-        return 130
-    print(render(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.as_json(), indent=2) + "\n")
-    return 0
+    return run_benchmark("scaler_bench", lambda workdir: run(args, workdir), render, args.json)
 
 
 if __name__ == "__main__":
