@@ -127,6 +127,9 @@ class Scaler:
         self.lock = threading.Lock()  # held while state changes; the collector reads under it
         self.states: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
         self.last_duration: float | None = None
+        # Every distinct query of the config, each once: the config never changes.
+        self._queries = list(dict.fromkeys(
+            q for s in config.services for q in queries_of(s)))
         self._started = timer()
         self._last_cycle_end: float | None = None
         # A cycle waits this long for its queries, then holds the services whose
@@ -141,9 +144,8 @@ class Scaler:
     def run_once(self) -> list[Outcome]:
         started = self._timer()
         now = self._clock()
-        queries = list(dict.fromkeys(q for s in self.config.services for q in queries_of(s)))
         futures: dict[str, Future[Sequence[Sample]]] = {
-            q: self._pool.submit(self._query, q) for q in queries
+            q: self._pool.submit(self._query, q) for q in self._queries
         }
         try:
             counts = self.fleet.read()

@@ -7,6 +7,7 @@ wrong is a table test.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,7 @@ def queries_of(service: ServiceConfig) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+@functools.cache  # selectors are few and fixed by the config; this runs every evaluation
 def _show_selector(selector: Selector) -> str:
     return "{" + ", ".join(f"{name}={json.dumps(value)}" for name, value in selector) + "}"
 

@@ -29,8 +29,7 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.services import PrometheusServer, RedisServer, free_port, wait_for
-from tests.test_scaler_local import alive, live_members
+from tests.services import PrometheusServer, RedisServer, alive, free_port, live_members, wait_for
 from tests.workers import REPO
 
 BIN = Path(sys.executable).parent
