@@ -15,9 +15,12 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from exporter import server
+from exporter.celery_events import EventStream, TrackerFeed, celery_app
+from exporter.celery_inspect import CeleryInspector
 from exporter.celery_redis import CeleryRedisReader
-from exporter.collector import QueueCollector
+from exporter.collector import BrokerReader, EventCollector, QueueCollector
 from exporter.config import ConfigError, ExporterConfig, parse_config
+from exporter.event_tracker import EventTracker, TrackerOptions
 from exporter.redaction import configure_logging, redact_url, secrets_of_url
 from exporter.rq_redis import RQReader
 
@@ -39,6 +42,10 @@ def connect(config: ExporterConfig) -> redis.Redis:
 def build_collector(
     config: ExporterConfig, client: redis.Redis, clock: Callable[[], float] = time.time
 ) -> QueueCollector:
+    return QueueCollector(redis_readers(config, client), clock=clock)
+
+
+def redis_readers(config: ExporterConfig, client: redis.Redis) -> list[BrokerReader]:
     celery = CeleryRedisReader(
         client,
         config.layout,
@@ -51,7 +58,39 @@ def build_collector(
     rq = RQReader(
         client, queues=config.rq_queues, discover=config.discover, exclude=config.exclude_queues
     )
-    return QueueCollector([celery, rq], clock=clock)
+    return [celery, rq]
+
+
+class EventParts:
+    """The event tracker with its two threads, started and stopped together."""
+
+    def __init__(self, config: ExporterConfig, clock: Callable[[], float] = time.time) -> None:
+        options = {"global_keyprefix": config.layout.global_keyprefix} if (
+            config.layout.global_keyprefix and not config.rabbitmq) else {}
+        app = celery_app(config.broker_url, options, config.broker_timeout)
+        tracker = EventTracker(TrackerOptions(
+            wait_buckets=config.wait_buckets,
+            runtime_buckets=config.runtime_buckets,
+            task_label=config.task_label,
+            max_tracked_tasks=config.max_tracked_tasks,
+        ))
+        lock = threading.Lock()
+        self.stream = EventStream(app, TrackerFeed(tracker, lock, clock),
+                                  shown_url=redact_url(config.broker_url))
+        self.inspector = CeleryInspector(app, tracker, lock, interval=config.inspect_interval,
+                                         timeout=config.inspect_timeout, clock=clock)
+        self.collector = EventCollector(
+            tracker, lock, stream=self.stream, inspector=self.inspector,
+            task_label=config.task_label, per_worker=config.per_worker_metrics, clock=clock,
+        )
+
+    def start(self) -> None:
+        self.stream.start()
+        self.inspector.start()
+
+    def stop(self) -> None:
+        self.stream.stop()
+        self.inspector.stop()
 
 
 def _fail(message: str, secrets: tuple[str, ...] = ()) -> int:
@@ -69,17 +108,41 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as error:
         return _fail(f"{error} (see --help)")
     secrets = secrets_of_url(config.broker_url)
-    configure_logging(config.log_level, secrets)
+    if config.management_url:
+        secrets += secrets_of_url(config.management_url)
+    # kombu and amqp log connection details of their own at info level.
+    configure_logging(config.log_level, secrets, quiet=("kombu", "amqp", "celery"))
     shown_url = redact_url(config.broker_url)
 
-    try:
-        client = connect(config)
-        client.ping()
-    except (ValueError, redis.RedisError) as error:
-        return _fail(f"cannot connect to the broker at {shown_url}: {error}", secrets)
+    client: redis.Redis | None = None
+    closers: list[Callable[[], None]] = []
+    if config.rabbitmq:
+        from exporter.rabbitmq import build_rabbitmq_reader
+
+        try:
+            reader = build_rabbitmq_reader(
+                config.broker_url, management_url=config.management_url,
+                queues=config.celery_queues, discover=config.discover,
+                exclude=config.exclude_queues, timeout=config.broker_timeout,
+            )
+        except ValueError as error:
+            return _fail(str(error), secrets)
+        readers: list[BrokerReader] = [reader]
+        closers.append(reader.close)
+    else:
+        try:
+            client = connect(config)
+            client.ping()
+        except (ValueError, redis.RedisError) as error:
+            return _fail(f"cannot connect to the broker at {shown_url}: {error}", secrets)
+        readers = redis_readers(config, client)
+        closers.append(client.close)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(build_collector(config, client))
+    registry.register(QueueCollector(readers))
+    events = EventParts(config) if config.events else None
+    if events is not None:
+        registry.register(events.collector)
     try:
         httpd = server.bind(config.listen_address, config.port, registry)
     except OSError as error:
@@ -94,11 +157,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info(
-        "exporting %s on http://%s:%d/metrics", shown_url, config.listen_address, config.port
+        "exporting %s on http://%s:%d/metrics%s", shown_url, config.listen_address, config.port,
+        " with Celery events" if events is not None else "",
     )
+    if events is not None:
+        events.start()
     httpd.serve_forever()
     httpd.server_close()
-    client.close()
+    if events is not None:
+        events.stop()
+    for close in closers:
+        close()
     log.info("stopped")
     return 0
 

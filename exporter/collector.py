@@ -19,8 +19,16 @@ import redis
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.families import exporter_families, queue_families
-from exporter.snapshot import BrokerSnapshot, QueueSnapshot
+from exporter.celery_events import EventStream
+from exporter.celery_inspect import CeleryInspector
+from exporter.event_tracker import EventsSnapshot, EventTracker
+from exporter.families import (
+    event_families,
+    exporter_families,
+    queue_families,
+    receiver_families,
+)
+from exporter.snapshot import BrokerReadError, BrokerSnapshot, QueueSnapshot
 from exporter.unparseable import UnparseableLedger
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,9 @@ class QueueCollector(Collector):
                     queues.extend(snapshot.queues)
                     self._ledger.record(snapshot.unparseable)
                 success = True
+            except BrokerReadError as error:
+                success = False
+                self._report(False, str(error))
             except (redis.RedisError, OSError) as error:
                 success = False
                 self._report(False, f"{type(error).__name__}: {error}")
@@ -97,3 +108,73 @@ class QueueCollector(Collector):
         elif not healthy:
             log.debug("cannot read the broker: %s", detail)
         self._healthy = healthy
+
+
+# Heartbeats arrive without -E; task events do not. Workers online this long
+# with no task event at all means the workers were started without -E.
+NO_TASK_EVENTS_AFTER = 60.0
+
+
+def events_advice(snapshot: EventsSnapshot, workers_since: float | None, now: float) -> str | None:
+    """Why the task metrics would be empty, when the events themselves tell."""
+    if "task" in snapshot.last_event or not snapshot.online or workers_since is None:
+        return None
+    if now - workers_since < NO_TASK_EVENTS_AFTER:
+        return None
+    names = ", ".join(w.hostname for w in snapshot.online[:3])
+    more = f" and {len(snapshot.online) - 3} more" if len(snapshot.online) > 3 else ""
+    return (f"workers {names}{more} are online but no task event has arrived in "
+            f"{now - workers_since:.0f}s: start the workers with -E "
+            "(or set worker_send_task_events = True)")
+
+
+class EventCollector(Collector):
+    """Families from the event tracker; the tracker is fed by the event thread."""
+
+    def __init__(
+        self,
+        tracker: EventTracker,
+        lock: threading.Lock,
+        *,
+        stream: EventStream | None = None,
+        inspector: CeleryInspector | None = None,
+        task_label: bool = True,
+        per_worker: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._tracker = tracker
+        self._lock = lock
+        self._stream = stream
+        self._inspector = inspector
+        self._task_label = task_label
+        self._per_worker = per_worker
+        self._clock = clock
+        self._workers_since: float | None = None
+        self._advised: str | None = None
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        with self._lock:
+            snapshot = self._tracker.snapshot(now)
+        self._advise(snapshot, now)
+        yield from event_families(snapshot, task_label=self._task_label,
+                                  per_worker=self._per_worker)
+        inspecting = self._inspector is not None and self._inspector.interval is not None
+        yield from receiver_families(
+            self._stream is not None and self._stream.connected,
+            self._inspector.current(now) if self._inspector is not None else None,
+            inspecting,
+        )
+
+    def _advise(self, snapshot: EventsSnapshot, now: float) -> None:
+        if not snapshot.online:
+            self._workers_since = None
+        elif self._workers_since is None:
+            self._workers_since = now
+        advice = events_advice(snapshot, self._workers_since, now)
+        if advice is not None and self._advised is None:
+            log.warning("%s", advice)
+        self._advised = advice

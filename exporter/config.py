@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from urllib.parse import urlsplit
 
 from exporter.celery_layout import CeleryRedisLayout, OptionError, layout_from_options
+from exporter.event_tracker import DEFAULT_BUCKETS, DEFAULT_MAX_TRACKED_TASKS
 from exporter.messages import DEFAULT_MAX_MESSAGE_BYTES
 
 ENV_PREFIX = "TASKQUEUE_EXPORTER_"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 DEFAULT_PORT = 9808
 
 
@@ -33,6 +36,19 @@ class ExporterConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     broker_timeout: float = 5.0
     log_level: str = "info"
+    management_url: str | None = None
+    events: bool = True
+    task_label: bool = True
+    per_worker_metrics: bool = False
+    inspect_interval: float | None = None
+    inspect_timeout: float = 1.0
+    wait_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    runtime_buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    max_tracked_tasks: int = DEFAULT_MAX_TRACKED_TASKS
+
+    @property
+    def rabbitmq(self) -> bool:
+        return urlsplit(self.broker_url).scheme in AMQP_SCHEMES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,11 +59,22 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="taskqueue-exporter",
-        description="Prometheus exporter for Celery and RQ queues on Redis. "
+        description="Prometheus exporter for Celery and RQ queues on Redis, Celery queues on "
+        "RabbitMQ, and Celery task events. "
         f"Every flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}BROKER_URL); "
         "repeatable flags take a whitespace-separated list there.",
     )
-    p.add_argument("--broker-url", help="redis://[:password@]host:port/db (required)")
+    p.add_argument(
+        "--broker-url",
+        help="redis://[:password@]host:port/db or amqp://user:password@host:port/vhost "
+        "(required)",
+    )
+    p.add_argument(
+        "--rabbitmq-management-url", metavar="URL",
+        help="RabbitMQ management API, e.g. http://host:15672 (user and password default to "
+        "the broker URL's): adds unacked counts, queue discovery and oldest-task age. "
+        "Without it, the --queue list is read with passive declares (depth, consumers).",
+    )
     p.add_argument(
         "--queue", action="append", metavar="NAME",
         help="a queue to export even before it exists; NAME is a Celery queue, rq:NAME an RQ "
@@ -80,6 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socket timeout for broker reads (default 5)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    help="default info")
+    events = p.add_argument_group("Celery events")
+    events.add_argument(
+        "--events", action="store_true", default=None,
+        help="consume Celery events (on by default unless every --queue is an RQ queue)",
+    )
+    events.add_argument("--no-events", action="store_true", default=None,
+                        help="do not consume Celery events")
+    events.add_argument("--no-task-label", action="store_true", default=None,
+                        help="leave the task label out of the event metrics")
+    events.add_argument(
+        "--per-worker-metrics", action="store_true", default=None,
+        help="also export one series per worker (on ECS every task is a new hostname)",
+    )
+    events.add_argument(
+        "--inspect-interval", type=float, metavar="SECONDS",
+        help="poll workers' active/reserved/scheduled tasks this often (default: off)",
+    )
+    events.add_argument("--inspect-timeout", type=float, metavar="SECONDS",
+                        help="how long an inspect broadcast waits for answers (default 1)")
+    events.add_argument("--wait-buckets", metavar="S1,S2,...",
+                        help="bucket bounds of taskqueue_task_wait_seconds")
+    events.add_argument("--runtime-buckets", metavar="S1,S2,...",
+                        help="bucket bounds of taskqueue_task_runtime_seconds")
+    events.add_argument(
+        "--max-tracked-tasks", type=int,
+        help=f"task ids held between events (default {DEFAULT_MAX_TRACKED_TASKS}); the "
+        "oldest are forgotten first",
+    )
     return p
 
 
@@ -151,20 +206,39 @@ def _transport_options(pairs: Sequence[str]) -> CeleryRedisLayout:
         raise ConfigError(f"--broker-transport-option {error}") from None
 
 
-def _check_url(url: str | None) -> str:
-    if not url:
-        raise ConfigError(f"--broker-url is required (or {ENV_PREFIX}BROKER_URL)")
+def _check_url(url: str | None, flag: str, schemes: tuple[str, ...]) -> str:
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url or "")
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as error:
-        raise ConfigError(f"--broker-url: not a valid URL ({error})") from None
-    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"{flag}: not a valid URL ({error})") from None
+    if parts.scheme not in schemes:
         raise ConfigError(
-            f"--broker-url: scheme must be one of {', '.join(REDIS_SCHEMES)} "
+            f"{flag}: scheme must be one of {', '.join(schemes)} "
             f"(got {parts.scheme or 'none'!r})"
         )
-    return url
+    return url or ""
+
+
+def _buckets(flag: str, raw: str | None) -> tuple[float, ...]:
+    if raw is None:
+        return DEFAULT_BUCKETS
+    try:
+        bounds = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag}: expected numbers separated by commas (got {raw!r})") from None
+    if not bounds:
+        raise ConfigError(f"{flag}: needs at least one bound")
+    if any(b <= 0 or b != b or b == float("inf") for b in bounds):
+        raise ConfigError(f"{flag}: bounds must be finite and > 0 (got {raw!r})")
+    if any(a >= b for a, b in pairwise(bounds)):
+        raise ConfigError(f"{flag}: bounds must increase (got {raw!r})")
+    return bounds
+
+
+def _positive(flag: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"{flag}: must be > 0 (got {value})")
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
@@ -178,8 +252,32 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterCon
         raise ConfigError(f"--discovery-interval: must be >= 0 (got {args.discovery_interval})")
     if args.max_message_bytes is not None and args.max_message_bytes <= 0:
         raise ConfigError(f"--max-message-bytes: must be > 0 (got {args.max_message_bytes})")
-    if args.broker_timeout is not None and args.broker_timeout <= 0:
-        raise ConfigError(f"--broker-timeout: must be > 0 (got {args.broker_timeout})")
+    _positive("--broker-timeout", args.broker_timeout)
+    _positive("--inspect-interval", args.inspect_interval)
+    _positive("--inspect-timeout", args.inspect_timeout)
+    _positive("--max-tracked-tasks", args.max_tracked_tasks)
+    if not args.broker_url:
+        raise ConfigError(f"--broker-url is required (or {ENV_PREFIX}BROKER_URL)")
+    broker_url = _check_url(args.broker_url, "--broker-url", REDIS_SCHEMES + AMQP_SCHEMES)
+    amqp = urlsplit(broker_url).scheme in AMQP_SCHEMES
+    management_url = None
+    if args.rabbitmq_management_url:
+        if not amqp:
+            raise ConfigError("--rabbitmq-management-url: needs an amqp:// --broker-url")
+        management_url = _check_url(args.rabbitmq_management_url, "--rabbitmq-management-url",
+                                    ("http", "https"))
+    if amqp and rq_queues:
+        raise ConfigError(f"--queue rq:{rq_queues[0]}: RQ queues need a Redis broker")
+    if amqp and not management_url and not celery_queues:
+        raise ConfigError("--queue is required for RabbitMQ without --rabbitmq-management-url "
+                          "(passive declares cannot list queues)")
+    if args.events and args.no_events:
+        raise ConfigError("--events and --no-events: choose one")
+    if args.events or args.no_events:
+        events = bool(args.events)
+    else:
+        # RQ sends no Celery events; a Redis that only RQ uses needs no receiver.
+        events = not (rq_queues and not celery_queues)
     discover = not args.no_discovery
     if not discover and not (celery_queues or rq_queues):
         raise ConfigError("--no-discovery needs at least one --queue")
@@ -190,9 +288,18 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterCon
         "max_message_bytes": args.max_message_bytes,
         "broker_timeout": args.broker_timeout,
         "log_level": args.log_level,
+        "inspect_timeout": args.inspect_timeout,
+        "max_tracked_tasks": args.max_tracked_tasks,
     }
     return ExporterConfig(
-        broker_url=_check_url(args.broker_url),
+        broker_url=broker_url,
+        management_url=management_url,
+        events=events,
+        task_label=not args.no_task_label,
+        per_worker_metrics=bool(args.per_worker_metrics),
+        inspect_interval=args.inspect_interval,
+        wait_buckets=_buckets("--wait-buckets", args.wait_buckets),
+        runtime_buckets=_buckets("--runtime-buckets", args.runtime_buckets),
         celery_queues=celery_queues,
         rq_queues=rq_queues,
         layout=_transport_options(args.broker_transport_option or []),

@@ -81,6 +81,97 @@ UNPARSEABLE_MESSAGES = MetricSpec(
     QUEUE_LABELS,
 )
 
+QUEUE_CONSUMERS = MetricSpec(
+    "taskqueue_queue_consumers",
+    "gauge",
+    "Consumers (worker channels) subscribed to the queue, as the broker reports them (RabbitMQ).",
+    QUEUE_LABELS,
+)
+
+# From Celery events. `task` is left out with --no-task-label.
+TASKS_TOTAL = MetricSpec(
+    "taskqueue_tasks_total",
+    "counter",
+    "Celery task events seen, by state (sent, received, started, succeeded, failed, "
+    "retried, rejected, revoked).",
+    ("queue", "task", "state"),
+)
+TASK_WAIT = MetricSpec(
+    "taskqueue_task_wait_seconds",
+    "histogram",
+    "Seconds from publish (or the ETA, if later) to the start of the task.",
+    ("queue", "task"),
+)
+TASK_RUNTIME = MetricSpec(
+    "taskqueue_task_runtime_seconds",
+    "histogram",
+    "Seconds tasks ran, from task-succeeded and task-failed events.",
+    ("queue", "task"),
+)
+TASKS_ACTIVE = MetricSpec(
+    "taskqueue_tasks_active",
+    "gauge",
+    "Tasks started and not finished, tracked from events; an offline or silent worker's "
+    "tasks drop out.",
+    ("queue",),
+)
+WORKERS = MetricSpec(
+    "taskqueue_workers",
+    "gauge",
+    "Celery workers online (by heartbeat) that consume the queue; \"(unknown)\" until a "
+    "worker's queues are known.",
+    ("queue",),
+)
+WORKER_UP = MetricSpec(
+    "taskqueue_worker_up",
+    "gauge",
+    "1 for each Celery worker online by heartbeat (only with --per-worker-metrics).",
+    ("worker",),
+)
+WORKER_TASKS_ACTIVE = MetricSpec(
+    "taskqueue_worker_tasks_active",
+    "gauge",
+    "Tasks the worker runs, from its last heartbeat (only with --per-worker-metrics).",
+    ("worker",),
+)
+INSPECT_TASKS = MetricSpec(
+    "taskqueue_inspect_tasks",
+    "gauge",
+    "Tasks held by workers as the last inspect broadcast answered, by state "
+    "(active, reserved, scheduled); only with --inspect-interval.",
+    ("queue", "state"),
+)
+EVENTS_TOTAL = MetricSpec(
+    "taskqueue_exporter_events_total",
+    "counter",
+    "Celery events the exporter received, by type.",
+    ("type",),
+)
+LAST_EVENT = MetricSpec(
+    "taskqueue_exporter_last_event_timestamp_seconds",
+    "gauge",
+    "Unix time the exporter last received an event of the group: task (from workers "
+    "started with -E), sent (task-sent, from producers with task_send_sent_event) or "
+    "worker (heartbeats, sent by every worker).",
+    ("group",),
+)
+EVENTS_CONNECTED = MetricSpec(
+    "taskqueue_exporter_events_connected",
+    "gauge",
+    "1 while the event receiver is connected to the broker.",
+)
+TRACKED_TASKS = MetricSpec(
+    "taskqueue_exporter_tracked_tasks",
+    "gauge",
+    "Task ids the event tracker holds (bounded by --max-tracked-tasks).",
+)
+INSPECT_SUCCESS = MetricSpec(
+    "taskqueue_exporter_inspect_success",
+    "gauge",
+    "1 if the last inspect broadcast got an answer in time, 0 if not; only with "
+    "--inspect-interval.",
+)
+
 # The scaler's own series.
 SCALER_DESIRED = MetricSpec(
     "taskqueue_scaler_desired_replicas",
@@ -138,6 +229,22 @@ QUEUE_METRICS: tuple[MetricSpec, ...] = (
     TASKS_SCHEDULED,
     TASKS_STARTED,
     TASKS_FAILED,
+    QUEUE_CONSUMERS,
+)
+EVENT_METRICS: tuple[MetricSpec, ...] = (
+    TASKS_TOTAL,
+    TASK_WAIT,
+    TASK_RUNTIME,
+    TASKS_ACTIVE,
+    WORKERS,
+    WORKER_UP,
+    WORKER_TASKS_ACTIVE,
+    INSPECT_TASKS,
+    EVENTS_TOTAL,
+    LAST_EVENT,
+    EVENTS_CONNECTED,
+    TRACKED_TASKS,
+    INSPECT_SUCCESS,
 )
 EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     SCRAPE_DURATION,
@@ -161,4 +268,6 @@ SCALER_METRICS: tuple[MetricSpec, ...] = (
     SCALER_EVALUATION_DURATION,
     SCALER_WORKER_RESTARTS,
 )
-ALL_METRICS: tuple[MetricSpec, ...] = QUEUE_METRICS + EXPORTER_METRICS + SCALER_METRICS
+ALL_METRICS: tuple[MetricSpec, ...] = (
+    QUEUE_METRICS + EVENT_METRICS + EXPORTER_METRICS + SCALER_METRICS
+)

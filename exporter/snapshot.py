@@ -8,6 +8,15 @@ from typing import Literal
 System = Literal["celery", "rq"]
 
 
+class BrokerReadError(Exception):
+    """The broker could not be read; str(error) is one line a user can act on.
+
+    Readers raise it for what the operator must fix or wait out (broker down,
+    vhost missing, wrong credentials); the collector reports the scrape as
+    failed and logs the line.
+    """
+
+
 @dataclass(frozen=True)
 class QueueSnapshot:
     """One queue as read in one scrape.
@@ -25,6 +34,10 @@ class QueueSnapshot:
     scheduled: int | None = None
     started: int | None = None
     failed: int | None = None
+    consumers: int | None = None
+    # False when tasks wait but the broker cannot tell their age (RabbitMQ
+    # messages without a timestamp): the age is then not exported, not 0.
+    age_known: bool = True
 
 
 @dataclass(frozen=True)

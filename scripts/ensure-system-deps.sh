@@ -2,7 +2,8 @@
 # Installs what the project needs from the OS packages when it is missing:
 # redis-server, prometheus (for promtool and the tests' Prometheus), and a
 # Python >= 3.11 with venv. Installs as root on Debian/Ubuntu; otherwise says
-# exactly what to install and fails.
+# exactly what to install and fails. Enables RabbitMQ's management plugin
+# where RabbitMQ is installed.
 set -euo pipefail
 
 missing=()
@@ -22,6 +23,27 @@ if [ -z "$python" ]; then
 elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
+
+# The RabbitMQ reader's management mode, and its tests, need the management
+# plugin. Only an existing RabbitMQ is touched: installing one is the operator's
+# choice. Enabling is idempotent, but rabbitmq-plugins takes seconds to start, so
+# the plugins file is looked at first.
+enable_rabbitmq_management() {
+  command -v rabbitmq-plugins >/dev/null 2>&1 || return 0
+  [ "$(id -u)" -eq 0 ] || return 0
+  local plugins_file=${RABBITMQ_ENABLED_PLUGINS_FILE:-/etc/rabbitmq/enabled_plugins}
+  grep -qs rabbitmq_management "$plugins_file" && return 0
+  local enabled
+  enabled=$(rabbitmq-plugins -q list -E -m 2>/dev/null || true)
+  grep -qx rabbitmq_management <<<"$enabled" && return 0
+  if rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1; then
+    echo "enabled the RabbitMQ management plugin (rabbitmq_management)" >&2
+  else
+    echo "note: could not enable rabbitmq_management (is RabbitMQ running?); the RabbitMQ" \
+      "tests need it" >&2
+  fi
+}
+enable_rabbitmq_management
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

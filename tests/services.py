@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +22,8 @@ from typing import Any, TypeVar
 import pytest
 import redis
 import requests
+
+from tests.scrape import parse_text
 
 T = TypeVar("T")
 
@@ -255,3 +261,48 @@ def live_members(pgid: int) -> list[int]:
         if fields[0] != "Z" and int(fields[2]) == pgid:
             found.append(int(entry.name))
     return found
+
+
+EXPORTER = str(Path(sys.executable).parent / "taskqueue-exporter")
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class Exporter:
+    """A real `taskqueue-exporter` process on a free port, its output in a log file."""
+
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = tmp_path / f"exporter-{self.port}.log"
+        self._log = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [EXPORTER, "--listen-address", "127.0.0.1", "--port", str(self.port), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        wait_for(lambda: self.process.poll() is not None or get(self.url("/healthz"))[0] == 200,
+                 what="the exporter to answer /healthz")
+        assert self.process.poll() is None, self.output()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def scrape(self) -> dict:
+        status, text = get(self.url("/metrics"))
+        assert status == 200
+        return parse_text(text)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=10)
+        self._log.close()
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text()

@@ -2,63 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from exporter import metric_names as m
 from tests.celery_app import create_app
-from tests.scrape import parse_text, value
-from tests.services import RedisServer, free_port, require, wait_for
+from tests.scrape import value
+from tests.services import (
+    EXPORTER,
+    Exporter,
+    RedisServer,
+    free_port,
+    get,
+    require,
+    wait_for,
+)
 
-EXPORTER = str(Path(sys.executable).parent / "taskqueue-exporter")
 PASSWORD = "s3cret-Pa55"
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-class Exporter:
-    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log = tmp_path / f"exporter-{self.port}.log"
-        self._log = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [EXPORTER, "--listen-address", "127.0.0.1", "--port", str(self.port), *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-        )
-        wait_for(lambda: self.process.poll() is not None or get(self.url("/healthz"))[0] == 200,
-                 what="the exporter to answer /healthz")
-        assert self.process.poll() is None, self.output()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def scrape(self) -> dict:
-        status, text = get(self.url("/metrics"))
-        assert status == 200
-        return parse_text(text)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=10)
-        self._log.close()
-        return code
-
-    def output(self) -> str:
-        return self.log.read_text()
 
 
 def run_exporter(*args: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +87,10 @@ def test_flags_from_environment(redis_server, redis_client, tmp_path):
     ("args", "message"),
     [
         (["--broker-url", "amqp://guest:guest@localhost//"],
-         "--broker-url: scheme must be one of redis, rediss, unix (got 'amqp') (see --help)"),
+         "--queue is required for RabbitMQ without --rabbitmq-management-url"),
+        (["--broker-url", "http://localhost:6379"],
+         "--broker-url: scheme must be one of redis, rediss, unix, amqp, amqps, pyamqp "
+         "(got 'http') (see --help)"),
         (["--broker-url", "redis://127.0.0.1:6379", "--port", "0"], "--port: must be between"),
         ([], "--broker-url is required"),
     ],

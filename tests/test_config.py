@@ -63,7 +63,25 @@ def test_environment_fills_flags_not_given():
     ("argv", "env", "message"),
     [
         ([], {}, "--broker-url is required (or TASKQUEUE_EXPORTER_BROKER_URL)"),
-        (["--broker-url", "amqp://guest@localhost//"], {}, "--broker-url: scheme must be one of"),
+        (["--broker-url", "amqp://guest@localhost//"], {},
+         "--queue is required for RabbitMQ without --rabbitmq-management-url"),
+        (["--broker-url", "amqp://h//", "--queue", "rq:jobs"], {},
+         "--queue rq:jobs: RQ queues need a Redis broker"),
+        (["--broker-url", URL, "--rabbitmq-management-url", "http://h:15672"], {},
+         "--rabbitmq-management-url: needs an amqp:// --broker-url"),
+        (["--broker-url", "amqp://h//", "--rabbitmq-management-url", "h:15672"], {},
+         "--rabbitmq-management-url: scheme must be one of http, https"),
+        (["--broker-url", URL, "--events", "--no-events"], {},
+         "--events and --no-events: choose one"),
+        (["--broker-url", URL, "--inspect-interval", "0"], {}, "--inspect-interval: must be > 0"),
+        (["--broker-url", URL, "--max-tracked-tasks", "-5"], {},
+         "--max-tracked-tasks: must be > 0"),
+        (["--broker-url", URL, "--wait-buckets", "1,x"], {},
+         "--wait-buckets: expected numbers separated by commas (got '1,x')"),
+        (["--broker-url", URL, "--runtime-buckets", "5,1"], {},
+         "--runtime-buckets: bounds must increase (got '5,1')"),
+        (["--broker-url", URL, "--wait-buckets", "0,1"], {},
+         "--wait-buckets: bounds must be finite and > 0"),
         (["--broker-url", "localhost:6379"], {}, "--broker-url: scheme must be one of"),
         (["--broker-url", "redis://h:notaport/0"], {}, "--broker-url: not a valid URL"),
         (["--broker-url", URL, "--port", "70000"], {}, "--port: must be between 1 and 65535"),
@@ -92,3 +110,42 @@ def test_errors_name_the_flag_and_value(argv, env, message):
         parse_config(argv, env)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_event_options():
+    config = parse_config(
+        ["--broker-url", URL, "--no-task-label", "--per-worker-metrics", "--inspect-interval",
+         "15", "--wait-buckets", "0.1,1,10", "--max-tracked-tasks", "500"],
+        {"TASKQUEUE_EXPORTER_RUNTIME_BUCKETS": "1,60"},
+    )
+    assert config.events is True
+    assert config.task_label is False and config.per_worker_metrics is True
+    assert config.inspect_interval == 15.0 and config.inspect_timeout == 1.0
+    assert config.wait_buckets == (0.1, 1.0, 10.0)
+    assert config.runtime_buckets == (1.0, 60.0)
+    assert config.max_tracked_tasks == 500
+
+
+@pytest.mark.parametrize(
+    ("argv", "events"),
+    [
+        ([], True),
+        (["--queue", "emails"], True),
+        (["--queue", "rq:jobs"], False),  # RQ alone sends no Celery events
+        (["--queue", "rq:jobs", "--events"], True),
+        (["--no-events"], False),
+    ],
+)
+def test_events_default_on_unless_only_rq(argv, events):
+    assert parse_config(["--broker-url", URL, *argv], {}).events is events
+
+
+def test_rabbitmq_urls():
+    config = parse_config(
+        ["--broker-url", "amqp://guest:guest@127.0.0.1:5672//",
+         "--rabbitmq-management-url", "http://127.0.0.1:15672"], {})
+    assert config.rabbitmq and config.management_url == "http://127.0.0.1:15672"
+    assert config.events is True
+    passive = parse_config(["--broker-url", "amqp://h/v", "--queue", "a"], {})
+    assert passive.rabbitmq and passive.management_url is None
+    assert not parse_config(["--broker-url", URL], {}).rabbitmq

@@ -1,0 +1,150 @@
+"""The broker edge of event tracking: a thread that receives Celery events.
+
+Celery is imported only here and only when events are on, so an exporter for
+RQ alone never loads it. The thread reconnects by itself with a growing delay
+(1 s doubling to 30 s); a scrape never waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from exporter.event_tracker import EventTracker
+
+log = logging.getLogger(__name__)
+
+# Our own event queue's name starts with this; queue discovery leaves it out.
+EVENT_QUEUE_PREFIX = "taskqueue-exporter"
+BACKOFF_START = 1.0
+BACKOFF_MAX = 30.0
+# A connection that lived this long was good: the next failure starts the
+# back-off from the beginning.
+HEALTHY_AFTER = 60.0
+
+
+def celery_app(broker_url: str, transport_options: Mapping[str, Any], timeout: float) -> Any:
+    """A private Celery app, only for its event receiver and remote control."""
+    from celery import Celery
+
+    app = Celery("taskqueue-exporter", broker=broker_url, set_as_current=False)
+    app.conf.broker_transport_options = dict(transport_options)
+    app.conf.broker_connection_timeout = timeout
+    return app
+
+
+class TrackerFeed:
+    """Hands events to the tracker under the lock the scrape also takes."""
+
+    def __init__(
+        self, tracker: EventTracker, lock: threading.Lock, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.tracker = tracker
+        self.lock = lock
+        self._clock = clock
+        self._failed = False
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        try:
+            with self.lock:
+                self.tracker.handle(event, self._clock())
+        except Exception:
+            # A bug on one event must not stop the stream; say it once.
+            if not self._failed:
+                log.exception("cannot process a %r event; later failures are not logged",
+                              event.get("type"))
+            self._failed = True
+
+
+class EventStream:
+    """Receives events in a daemon thread until stop()."""
+
+    def __init__(
+        self,
+        app: Any,
+        on_event: Callable[[Mapping[str, Any]], None],
+        *,
+        shown_url: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._app = app
+        self._on_event = on_event
+        self._shown_url = shown_url
+        self._clock = clock
+        self._stop = threading.Event()
+        self._receiver: Any = None
+        self._thread = threading.Thread(target=self._run, name="celery-events", daemon=True)
+        self.connected = False
+        self.connects = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = BACKOFF_START
+        failing = False
+        while not self._stop.is_set():
+            connects, began = self.connects, self._clock()
+            try:
+                self._consume()
+            except Exception as error:  # each transport has its own connection errors
+                if self._stop.is_set():
+                    break
+                if self.connects != connects:
+                    # It was receiving: this is a new outage, logged as such.
+                    failing = False
+                    if self._clock() - began > HEALTHY_AFTER:
+                        delay = BACKOFF_START
+                log.log(logging.DEBUG if failing else logging.ERROR,
+                        "event receiver: cannot read events from %s: %s: %s (retrying in %.0fs)",
+                        self._shown_url, type(error).__name__, error, delay)
+                failing = True
+            else:
+                break
+            finally:
+                self.connected = False
+                self._receiver = None
+            self._stop.wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _consume(self) -> None:
+        from celery.events.receiver import EventReceiver
+
+        stream = self
+
+        class Receiver(EventReceiver):  # type: ignore[misc]
+            # Retrying is this thread's job: kombu's default retries forever
+            # and could not be stopped.
+            connect_max_retries = 1
+
+            def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
+                                 **kwargs: Any) -> None:
+                # wakeup (the default) asks every worker for a heartbeat now,
+                # so workers show up at once instead of within 2 s.
+                super().on_consume_ready(connection, channel, consumers, **kwargs)
+                stream._on_connected()
+
+        with self._app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            receiver = Receiver(connection, handlers={"*": self._on_event}, app=self._app,
+                                queue_prefix=EVENT_QUEUE_PREFIX)
+            self._receiver = receiver
+            if self._stop.is_set():
+                return
+            for _ in receiver.consume(limit=None, timeout=None, safety_interval=1.0):
+                pass
+
+    def _on_connected(self) -> None:
+        self.connected = True
+        self.connects += 1
+        log.info("event receiver: receiving Celery events from %s", self._shown_url)

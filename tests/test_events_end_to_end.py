@@ -1,0 +1,174 @@
+"""Celery events from real workers, over Redis and over the machine's RabbitMQ.
+
+The real exporter process receives the events; real workers run real tasks
+published by a real producer. Counts must match what the test published and
+ran; a SIGKILLed worker must drop out within the heartbeat expiry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from exporter import metric_names as m
+from tests import events_app
+from tests.rabbitmq import MANAGEMENT_URL, Vhost, require_rabbitmq
+from tests.scrape import Samples, value
+from tests.services import Exporter, RedisServer, wait_for
+from tests.workers import BIN, WorkerProcess, _env
+
+Q = events_app.QUEUE
+# Worker heartbeats every second: gone 3 s after the last one.
+HEARTBEAT = 1
+
+
+@dataclass
+class Broker:
+    url: str
+    exporter_flags: tuple[str, ...]
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    if request.param == "redis":
+        server = RedisServer(tmp_path).start()
+        try:
+            yield Broker(server.url, ())
+        finally:
+            server.stop()
+        return
+    vhost = Vhost(require_rabbitmq()).create()
+    try:
+        yield Broker(vhost.broker_url(), ("--rabbitmq-management-url", MANAGEMENT_URL))
+    finally:
+        vhost.delete()
+
+
+def start_worker(broker: Broker, tmp_path: Path, name: str) -> WorkerProcess:
+    args = [
+        str(BIN / "celery"), "-A", "tests.events_app", "worker", "-E", "-P", "threads",
+        "-c", "4", "-Q", Q, "-n", f"{name}@%h", "--heartbeat-interval", str(HEARTBEAT),
+        "--without-gossip", "--without-mingle", "-l", "warning",
+    ]
+    return WorkerProcess(args, _env(TQ_TEST_BROKER_URL=broker.url), tmp_path / f"{name}.log")
+
+
+def tasks(s: Samples, task: str, state: str) -> float:
+    return value(s, m.TASKS_TOTAL.name, queue=Q, task=task, state=state) or 0.0
+
+
+def test_events_from_real_workers(broker: Broker, tmp_path: Path) -> None:
+    exporter = Exporter(tmp_path, "--broker-url", broker.url, "--queue", Q,
+                        *broker.exporter_flags)
+    worker = start_worker(broker, tmp_path, "first")
+    app = events_app.create_app(broker.url)
+    try:
+        # The worker shows up by heartbeat; its queue comes from active_queues.
+        wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
+                 what="the worker online for the queue")
+        for _ in range(20):
+            app.tasks["ev.sleep"].apply_async((0.05,))
+        for _ in range(3):
+            app.tasks["ev.fail"].apply_async()
+        app.tasks["ev.retry_once"].apply_async()
+        for _ in range(2):
+            app.tasks["ev.sleep"].apply_async((0.0,), countdown=1)
+
+        def finished() -> Samples | None:
+            s = exporter.scrape()
+            done = (tasks(s, "ev.sleep", "succeeded") == 22
+                    and tasks(s, "ev.fail", "failed") == 3
+                    and tasks(s, "ev.retry_once", "succeeded") == 1
+                    # Another thread may run the re-published task before the
+                    # first one reports task-retried.
+                    and tasks(s, "ev.retry_once", "retried") == 1)
+            return s if done else None
+
+        s = wait_for(finished, timeout=30, interval=0.2, what="every task to finish")
+        assert {state: tasks(s, "ev.sleep", state)
+                for state in ("sent", "received", "started", "succeeded")} == {
+            "sent": 22, "received": 22, "started": 22, "succeeded": 22}
+        assert {state: tasks(s, "ev.fail", state)
+                for state in ("sent", "received", "started", "failed", "succeeded")} == {
+            "sent": 3, "received": 3, "started": 3, "failed": 3, "succeeded": 0}
+        # The retry is re-published (a second task-sent) and runs twice.
+        assert {state: tasks(s, "ev.retry_once", state)
+                for state in ("sent", "received", "started", "retried", "succeeded")} == {
+            "sent": 2, "received": 2, "started": 2, "retried": 1, "succeeded": 1}
+
+        wait = "taskqueue_task_wait_seconds"
+        assert value(s, f"{wait}_count", queue=Q, task="ev.sleep") == 22
+        # Nothing waited long on an idle worker with 4 threads; the two ETA tasks
+        # count from their ETA, not from their publish a second earlier.
+        assert value(s, f"{wait}_bucket", queue=Q, task="ev.sleep", le="1.0") == 22
+        assert value(s, f"{wait}_count", queue=Q, task="ev.retry_once") == 2
+        runtime = "taskqueue_task_runtime_seconds"
+        assert value(s, f"{runtime}_count", queue=Q, task="ev.sleep") == 22
+        assert value(s, f"{runtime}_count", queue=Q, task="ev.fail") == 3
+        # Twenty 50 ms sleeps: each above 0.05 s, far below 1 s.
+        assert value(s, f"{runtime}_bucket", queue=Q, task="ev.sleep", le="0.025") == 2
+        assert value(s, f"{runtime}_bucket", queue=Q, task="ev.sleep", le="1.0") == 22
+        assert value(s, f"{runtime}_sum", queue=Q, task="ev.sleep") >= 20 * 0.05
+        assert value(s, m.TASKS_ACTIVE.name, queue=Q) == 0
+        assert value(s, m.EVENTS_CONNECTED.name) == 1
+        assert value(s, "taskqueue_exporter_events_total", type="task-started") == 27
+        assert (value(s, "taskqueue_exporter_events_total", type="worker-heartbeat") or 0) >= 1
+        assert value(s, m.LAST_EVENT.name, group="task") is not None
+        if broker.exporter_flags:
+            # The management API samples every 5 s; the worker's one consumer shows then.
+            wait_for(lambda: value(exporter.scrape(), m.QUEUE_CONSUMERS.name, system="celery",
+                                   queue=Q) == 1, timeout=15, what="the worker's consumer")
+            queues = {dict(labels)["queue"] for (name, labels) in exporter.scrape()
+                      if name == m.QUEUE_DEPTH.name}
+            assert queues == {Q}, "Celery's and the exporter's own queues are left out"
+
+        # Two long tasks run; then the worker dies without a word.
+        for _ in range(2):
+            app.tasks["ev.sleep"].apply_async((60.0,))
+        wait_for(lambda: value(exporter.scrape(), m.TASKS_ACTIVE.name, queue=Q) == 2,
+                 timeout=15, what="two active tasks")
+        worker.kill()
+        wait_for(lambda: (lambda s: value(s, m.WORKERS.name, queue=Q) == 0
+                          and value(s, m.TASKS_ACTIVE.name, queue=Q) == 0)(exporter.scrape()),
+                 timeout=3 * HEARTBEAT + 5, interval=0.2,
+                 what="the killed worker and its tasks to drop out")
+    finally:
+        app.close()
+        worker.stop()
+        code = exporter.stop()
+    log = exporter.output()
+    assert code == 0, log
+    assert "Traceback" not in log, log
+    assert "guest:guest" not in log
+
+
+def test_workers_without_task_events_show_by_heartbeat_only(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path).start()
+    exporter = Exporter(tmp_path, "--broker-url", server.url, "--queue", Q)
+    # No -E: Celery still sends worker heartbeats, never task events.
+    args = [str(BIN / "celery"), "-A", "tests.events_app", "worker", "-P", "threads", "-c", "1",
+            "-Q", Q, "-n", "quiet@%h", "--heartbeat-interval", "1", "--without-gossip",
+            "--without-mingle", "-l", "warning"]
+    worker = WorkerProcess(args, _env(TQ_TEST_BROKER_URL=server.url), tmp_path / "quiet.log")
+    app = events_app.create_app(server.url)
+    try:
+        wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
+                 what="the worker online by heartbeat without -E")
+        result = app.tasks["ev.sleep"].apply_async((0.0,))
+        wait_for(lambda: exporter.scrape() if result.id and not server.client().llen(Q)
+                 else None, what="the task taken")
+        s = exporter.scrape()
+        assert value(s, m.LAST_EVENT.name, group="worker") is not None
+        # The producer's task-sent arrives; nothing from the worker's side.
+        assert value(s, m.LAST_EVENT.name, group="sent") is not None
+        assert value(s, m.LAST_EVENT.name, group="task") is None
+        assert tasks(s, "ev.sleep", "sent") == 1
+        assert tasks(s, "ev.sleep", "started") == 0
+    finally:
+        app.close()
+        worker.stop()
+        exporter.stop()
+        server.stop()
