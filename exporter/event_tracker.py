@@ -255,6 +255,8 @@ class EventTracker:
                 task = self._tasks.get(uuid)
                 if task is not None:
                     queue = self._queue_of(task, worker)
+                    if queue not in self._queues:
+                        queue = OTHER if queue != UNKNOWN else UNKNOWN
                     active[queue] = active.get(queue, 0) + 1
             online.append(WorkerSnapshot(hostname, worker.active, tuple(sorted(serves))))
         return EventsSnapshot(
@@ -313,9 +315,8 @@ class EventTracker:
         if eta is not None:
             task.eta = eta
         worker = self._worker_event(event, now)
-        if worker is not None and task.queue is not None:
-            worker.learned.add(task.queue)
         self._count(task, worker, "received")
+        self._learn(worker, task)
 
     def _on_started(self, event: Mapping[str, Any], now: float) -> None:
         found = self._task(event, now)
@@ -329,9 +330,8 @@ class EventTracker:
             ready = max(task.published_at, task.eta or 0.0)
             self._observe(self._wait, key, self.options.wait_buckets, max(0.0, started - ready))
         task.started_at = started
+        self._learn(worker, task)
         if worker is not None:
-            if task.queue is not None:
-                worker.learned.add(task.queue)
             hostname = event["hostname"]
             if task.worker is not None and task.worker != hostname:
                 self._detach(uuid, task)
@@ -435,6 +435,12 @@ class EventTracker:
             if worker is not None:
                 worker.tasks.discard(uuid)
             task.worker = None
+
+    def _learn(self, worker: _Worker | None, task: _Task) -> None:
+        # Only queues that made it under the series cap: a worker's queues
+        # become label values of taskqueue_workers.
+        if worker is not None and task.queue is not None and task.queue in self._queues:
+            worker.learned.add(task.queue)
 
     @staticmethod
     def _take_name(task: _Task, event: Mapping[str, Any]) -> None:

@@ -42,11 +42,10 @@ DEFAULT_PASSWORD = "guest"
 MANAGEMENT_COLUMNS = (
     "name,messages_ready,messages_unacknowledged,consumers,head_message_timestamp"
 )
-# Celery's event queues and worker mailboxes (`<node>.celery.pidbox`, which
-# also covers the `<uuid>.reply.celery.pidbox` reply queues) are plumbing,
-# not work: they are never scaled on.
-# Celery's event queues, this exporter's own, and server-named (exclusive,
-# reply) queues: none holds tasks.
+# Plumbing, not work, never scaled on: Celery's event queues and worker
+# mailboxes (`<node>.celery.pidbox`, which also covers the
+# `<uuid>.reply.celery.pidbox` reply queues), this exporter's event queue, and
+# server-named (exclusive, reply) queues.
 INTERNAL_PREFIXES = ("celeryev.", f"{EVENT_QUEUE_PREFIX}.", "amq.gen-")
 INTERNAL_SUFFIXES = (".celery.pidbox", ".reply.celery.pidbox")
 # AMQP sends a queue name as a short string.

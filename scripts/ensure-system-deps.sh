@@ -43,6 +43,20 @@ enable_rabbitmq_management() {
       "tests need it" >&2
   fi
 }
+# The machine's RabbitMQ serves the RabbitMQ tests; start it if it is installed but down.
+start_rabbitmq() {
+  command -v rabbitmq-server >/dev/null 2>&1 || return 0
+  [ "$(id -u)" -eq 0 ] || return 0
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && return 0
+  echo "starting rabbitmq-server" >&2
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do
+    (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && return 0
+    sleep 0.5
+  done
+  echo "note: rabbitmq-server did not start; the RabbitMQ tests need it" >&2
+}
+start_rabbitmq
 enable_rabbitmq_management
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -225,6 +225,18 @@ def test_distinct_series_are_capped() -> None:
     assert tasks[("q", OTHER, "sent")] == 7
 
 
+def test_made_up_queue_names_do_not_become_labels_past_the_cap() -> None:
+    t = EventTracker(TrackerOptions(max_series=2))
+    for i in range(10):
+        run(t, (T0, ev("task-sent", f"id{i}", T0, queue=f"q{i}", name="n")),
+            (T0, ev("task-received", f"id{i}", T0, name="n", hostname=W1)),
+            (T0, ev("task-started", f"id{i}", T0, hostname=W1)))
+    s = t.snapshot(T0)
+    assert s.active == {"q0": 1, "q1": 1, OTHER: 8}
+    assert s.workers == {"q0": 1, "q1": 1}
+    assert {k[0] for k in s.tasks} == {"q0", "q1", OTHER}
+
+
 def test_without_the_task_label_series_merge() -> None:
     t = EventTracker(TrackerOptions(task_label=False))
     run(t, *lifecycle("a", sent=T0, started=T0 + 1, runtime=0.1, name="x"),

@@ -7,6 +7,7 @@ ran; a SIGKILLed worker must drop out within the heartbeat expiry.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from exporter import metric_names as m
 from tests import events_app
 from tests.rabbitmq import MANAGEMENT_URL, Vhost, require_rabbitmq
 from tests.scrape import Samples, value
-from tests.services import Exporter, RedisServer, wait_for
+from tests.services import Exporter, RedisServer, get, require, wait_for
 from tests.workers import BIN, WorkerProcess, _env
 
 Q = events_app.QUEUE
@@ -62,6 +63,7 @@ def tasks(s: Samples, task: str, state: str) -> float:
 
 def test_events_from_real_workers(broker: Broker, tmp_path: Path) -> None:
     exporter = Exporter(tmp_path, "--broker-url", broker.url, "--queue", Q,
+                        "--inspect-interval", "1", "--per-worker-metrics",
                         *broker.exporter_flags)
     worker = start_worker(broker, tmp_path, "first")
     app = events_app.create_app(broker.url)
@@ -130,6 +132,18 @@ def test_events_from_real_workers(broker: Broker, tmp_path: Path) -> None:
             app.tasks["ev.sleep"].apply_async((60.0,))
         wait_for(lambda: value(exporter.scrape(), m.TASKS_ACTIVE.name, queue=Q) == 2,
                  timeout=15, what="two active tasks")
+        # The inspect poll (every second) sees the same two from the worker's side.
+        s = wait_for(lambda: (lambda s: s if value(s, m.INSPECT_TASKS.name, queue=Q,
+                                                   state="active") == 2 else None)(
+            exporter.scrape()), timeout=15, what="inspect to report two active tasks")
+        assert value(s, m.INSPECT_SUCCESS.name) == 1
+        (host,) = [dict(labels)["worker"] for (name, labels) in s if name == m.WORKER_UP.name]
+        assert host.startswith("first@")
+        assert value(s, m.WORKER_TASKS_ACTIVE.name, worker=host) in (0, 2)  # by heartbeat
+        lint = subprocess.run([require("promtool"), "check", "metrics"],
+                              input=get(exporter.url("/metrics"))[1], capture_output=True,
+                              text=True, timeout=30)
+        assert lint.returncode == 0 and not lint.stdout + lint.stderr, lint.stdout + lint.stderr
         worker.kill()
         wait_for(lambda: (lambda s: value(s, m.WORKERS.name, queue=Q) == 0
                           and value(s, m.TASKS_ACTIVE.name, queue=Q) == 0)(exporter.scrape()),
@@ -172,3 +186,37 @@ def test_workers_without_task_events_show_by_heartbeat_only(tmp_path: Path) -> N
         worker.stop()
         exporter.stop()
         server.stop()
+
+
+def test_the_receiver_reconnects_after_a_broker_restart(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path).start()
+    exporter = Exporter(tmp_path, "--broker-url", server.url, "--queue", Q)
+    app = events_app.create_app(server.url)
+
+    def sent() -> float:
+        return tasks(exporter.scrape(), "ev.sleep", "sent")
+
+    try:
+        wait_for(lambda: value(exporter.scrape(), m.EVENTS_CONNECTED.name) == 1,
+                 what="the receiver connected")
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        wait_for(lambda: sent() == 1, what="the first task-sent")
+        server.stop()
+        wait_for(lambda: value(exporter.scrape(), m.EVENTS_CONNECTED.name) == 0,
+                 what="the receiver to notice")
+        server.start()
+        # Back-off starts at 1 s and doubles: connected again within a few seconds.
+        wait_for(lambda: value(exporter.scrape(), m.EVENTS_CONNECTED.name) == 1, timeout=20,
+                 what="the receiver to reconnect")
+        app.close()
+        app = events_app.create_app(server.url)
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        wait_for(lambda: sent() == 2, what="a task-sent after the restart")
+    finally:
+        app.close()
+        code = exporter.stop()
+        server.stop()
+    log = exporter.output()
+    assert code == 0, log
+    assert log.count("event receiver: cannot read events") == 1, log
+    assert log.count("event receiver: receiving Celery events") == 2, log

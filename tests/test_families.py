@@ -1,5 +1,11 @@
 from exporter import metric_names as m
-from exporter.families import exporter_families, queue_families
+from exporter.event_tracker import EventTracker
+from exporter.families import (
+    event_families,
+    exporter_families,
+    queue_families,
+    receiver_families,
+)
 from exporter.snapshot import QueueSnapshot
 from tests.scrape import samples_of, value
 
@@ -42,8 +48,10 @@ def test_exporter_families():
 def test_every_family_is_declared_with_its_help_text():
     families = queue_families([QueueSnapshot("rq", "q", 1, 1.0, 1, 1, 1, 1)], NOW)
     families += exporter_families(0.0, True, {("rq", "q"): 1})
+    families += event_families(EventTracker().snapshot(NOW), per_worker=True)
+    families += receiver_families(True, None, inspecting=True)
     declared = {spec.name.removesuffix("_total"): spec
-                for spec in m.QUEUE_METRICS + m.EXPORTER_METRICS}
+                for spec in m.QUEUE_METRICS + m.EVENT_METRICS + m.EXPORTER_METRICS}
     assert {f.name for f in families} == set(declared)
     for family in families:
         assert family.documentation == declared[family.name].help
