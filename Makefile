@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench-exporter bench-scaler system-deps clean
+.PHONY: run test lint bench-exporter bench-scaler bench-events system-deps clean
 
 system-deps:
 	@scripts/ensure-system-deps.sh
@@ -27,6 +27,9 @@ test: system-deps $(STAMP) lint
 
 bench-exporter: system-deps $(STAMP)
 	$(VENV)/bin/python bench/exporter_bench.py
+
+bench-events: system-deps $(STAMP)
+	$(VENV)/bin/python bench/events_bench.py
 
 bench-scaler: system-deps $(STAMP)
 	$(VENV)/bin/python bench/scaler_bench.py --layout grouped

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -166,8 +167,11 @@ def _number(value: Any) -> float | None:
 class EventTracker:
     def __init__(self, options: TrackerOptions | None = None) -> None:
         self.options = options or TrackerOptions()
-        self._tasks: dict[str, _Task] = {}
-        self._finished: dict[str, _Task] = {}
+        # OrderedDicts, not dicts: ids leave from the front all the time, and a
+        # plain dict's first item is found by skipping every slot deleted since
+        # its last resize (70 us per event at the cap instead of 8).
+        self._tasks: OrderedDict[str, _Task] = OrderedDict()
+        self._finished: OrderedDict[str, _Task] = OrderedDict()
         self._workers: dict[str, _Worker] = {}
         self._counts: dict[tuple[str, str, str], int] = {}
         self._wait: dict[tuple[str, str], _Histogram] = {}
@@ -234,11 +238,11 @@ class EventTracker:
             uuid, task = next(iter(tasks.items()))
             if task.seen_at >= horizon:
                 break
-            del tasks[uuid]
             if task.worker is not None and task.started_at is not None:
-                # Still running on a live worker: re-queue at the back.
-                tasks[uuid] = task
                 task.seen_at = now
+                tasks.move_to_end(uuid)
+            else:
+                del tasks[uuid]
 
     # -- output ------------------------------------------------------------
 
@@ -286,8 +290,7 @@ class EventTracker:
         return uuid, task
 
     def _evict_oldest(self) -> None:
-        uuid = next(iter(self._tasks))
-        task = self._tasks.pop(uuid)
+        uuid, task = self._tasks.popitem(last=False)
         if task.worker is not None and (worker := self._workers.get(task.worker)):
             worker.tasks.discard(uuid)
 
@@ -364,7 +367,7 @@ class EventTracker:
         finished.pop(uuid, None)
         finished[uuid] = task
         if len(finished) > FINISHED_MEMORY:
-            del finished[next(iter(finished))]
+            finished.popitem(last=False)
 
     def _on_retried(self, event: Mapping[str, Any], now: float) -> None:
         uuid = event.get("uuid")
