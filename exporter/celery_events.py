@@ -79,6 +79,7 @@ class EventStream:
         self._thread = threading.Thread(target=self._run, name="celery-events", daemon=True)
         self.connected = False
         self.connects = 0
+        self._malformed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -127,6 +128,23 @@ class EventStream:
             # and could not be stopped.
             connect_max_retries = 1
 
+            def _receive(self, body: Any, message: Any, **_: Any) -> None:
+                # Celery's own version lets one broken event end the whole
+                # connection (and the rest of its batch) with an exception.
+                for event in body if isinstance(body, list) else (body,):
+                    try:
+                        # Unlocalized: stamps stay epoch seconds, comparable
+                        # with ETAs whatever the hosts' time zones.
+                        self.process(*self.event_from_message(event, localize=False))
+                    except Exception as error:
+                        stream._on_malformed(f"{type(error).__name__}: {error}")
+
+            def on_decode_error(self, message: Any, exc: Exception) -> None:
+                # kombu's version logs the raw body: task arguments, maybe secrets.
+                stream._on_malformed(f"cannot decode a {message.content_type} message: "
+                                     f"{type(exc).__name__}")
+                message.ack()
+
             def on_consume_ready(self, connection: Any, channel: Any, consumers: Any,
                                  **kwargs: Any) -> None:
                 # wakeup (the default) asks every worker for a heartbeat now,
@@ -143,6 +161,13 @@ class EventStream:
                 return
             for _ in receiver.consume(limit=None, timeout=None, safety_interval=1.0):
                 pass
+
+    def _on_malformed(self, reason: str) -> None:
+        if not self._malformed:
+            log.warning("event receiver: ignored a malformed event (%s); later ones are only "
+                        'counted, as taskqueue_exporter_events_total{type="other"}', reason)
+        self._malformed = True
+        self._on_event({})
 
     def _on_connected(self) -> None:
         self.connected = True

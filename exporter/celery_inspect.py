@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.event_tracker import UNKNOWN, EventTracker
+from exporter.event_tracker import DEFAULT_MAX_SERIES, OTHER, UNKNOWN, EventTracker
 
 log = logging.getLogger(__name__)
 
 ASK_AGAIN_AFTER = 30.0
+MAX_QUEUES = DEFAULT_MAX_SERIES
 INSPECT_STATES = ("active", "reserved", "scheduled")
 # An answer older than this many intervals is not exported: the poller is stuck.
 STALE_AFTER_INTERVALS = 3
@@ -49,15 +50,28 @@ def queue_of_request(entry: Any) -> str:
     return key if isinstance(key, str) and key else UNKNOWN
 
 
-def count_by_queue(replies: Mapping[str, Replies | None]) -> dict[tuple[str, str], int]:
-    """{(queue, state): tasks} from the active/reserved/scheduled answers of all workers."""
+def count_by_queue(
+    replies: Mapping[str, Replies | None], max_queues: int = MAX_QUEUES
+) -> dict[tuple[str, str], int]:
+    """{(queue, state): tasks} from the active/reserved/scheduled answers of all workers.
+
+    Routing keys past `max_queues` distinct ones count as "(other)": they
+    become label values.
+    """
     counts: dict[tuple[str, str], int] = {}
+    queues: set[str] = set()
     for state in INSPECT_STATES:
         for tasks in (replies.get(state) or {}).values():
             if not isinstance(tasks, list):
                 continue
             for entry in tasks:
-                key = (queue_of_request(entry), state)
+                queue = queue_of_request(entry)
+                if queue not in queues:
+                    if len(queues) >= max_queues:
+                        queue = OTHER
+                    else:
+                        queues.add(queue)
+                key = (queue, state)
                 counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -140,7 +154,10 @@ class CeleryInspector:
         replies = {state: getattr(inspect, state)() for state in INSPECT_STATES}
         queues = inspect.active_queues()
         now = self._clock()
-        success = all(r is not None for r in replies.values())
+        with self._lock:
+            nobody = not self._tracker.workers_online()
+        # No answer from no worker (scaled to zero) is an answer.
+        success = nobody or all(r is not None for r in replies.values())
         self.result = InspectResult(now, success, count_by_queue(replies))
         if queues:
             self._learn_queues(queues)

@@ -89,6 +89,10 @@ class EventParts:
         self.inspector.start()
 
     def stop(self) -> None:
+        # Both are told first, then waited for: each may be mid-way through a
+        # broker call of a few seconds.
+        self.stream.stop(timeout=0)
+        self.inspector.stop(timeout=0)
         self.stream.stop()
         self.inspector.stop()
 

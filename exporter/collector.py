@@ -157,8 +157,10 @@ class EventCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
+        # While the exporter cannot receive, workers' silence proves nothing.
+        receiving = self._stream is None or self._stream.connected
         with self._lock:
-            snapshot = self._tracker.snapshot(now)
+            snapshot = self._tracker.snapshot(now, expire_workers=receiving)
         self._advise(snapshot, now)
         yield from event_families(snapshot, task_label=self._task_label,
                                   per_worker=self._per_worker)

@@ -273,11 +273,15 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterCon
                           "(passive declares cannot list queues)")
     if args.events and args.no_events:
         raise ConfigError("--events and --no-events: choose one")
+    unix = urlsplit(broker_url).scheme == "unix"
+    if args.events and unix:
+        raise ConfigError("--events: Celery events need a redis:// or amqp:// --broker-url "
+                          "(kombu cannot read a unix:// socket URL)")
     if args.events or args.no_events:
         events = bool(args.events)
     else:
         # RQ sends no Celery events; a Redis that only RQ uses needs no receiver.
-        events = not (rq_queues and not celery_queues)
+        events = not unix and not (rq_queues and not celery_queues)
     discover = not args.no_discovery
     if not discover and not (celery_queues or rq_queues):
         raise ConfigError("--no-discovery needs at least one --queue")

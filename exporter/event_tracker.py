@@ -209,7 +209,7 @@ class EventTracker:
         handler(event, now)
         self._since_sweep += 1
         if self._since_sweep >= 10_000:
-            self.expire(now)
+            self.expire(now, workers=False)
 
     def set_worker_queues(self, hostname: str, queues: Iterable[str], now: float) -> None:
         """The queues a worker consumes, as inspect `active_queues` answered."""
@@ -221,15 +221,23 @@ class EventTracker:
             if len(self._queues) < self.options.max_series:
                 self._queues.add(queue)
 
+    def workers_online(self) -> int:
+        return len(self._workers)
+
     def workers_without_queues(self) -> list[str]:
         return [h for h, w in self._workers.items() if w.queues is None]
 
-    def expire(self, now: float) -> None:
-        """Drop silent workers (with their tasks) and task ids past their expiry."""
+    def expire(self, now: float, workers: bool = True) -> None:
+        """Drop silent workers (their tasks stop counting as active) and old task ids.
+
+        `workers=False` while the exporter itself cannot receive: silence is
+        then no sign that a worker is gone.
+        """
         self._since_sweep = 0
-        for hostname in [h for h, w in self._workers.items()
-                         if now - w.last_seen > w.freq * HEARTBEAT_EXPIRY_FACTOR]:
-            self._drop_worker(hostname)
+        if workers:
+            for hostname in [h for h, w in self._workers.items()
+                             if now - w.last_seen > w.freq * HEARTBEAT_EXPIRY_FACTOR]:
+                self._drop_worker(hostname)
         horizon = now - self.options.task_expiry
         tasks = self._tasks
         # Insertion order is arrival order, so expired ids sit at the front;
@@ -246,14 +254,16 @@ class EventTracker:
 
     # -- output ------------------------------------------------------------
 
-    def snapshot(self, now: float) -> EventsSnapshot:
-        self.expire(now)
+    def snapshot(self, now: float, expire_workers: bool = True) -> EventsSnapshot:
+        self.expire(now, workers=expire_workers)
         active = dict.fromkeys(self._queues, 0)
         workers = dict.fromkeys(self._queues, 0)
         online = []
         for hostname, worker in self._workers.items():
             serves = worker.serves()
-            for queue in serves or (UNKNOWN,):
+            # A worker counts once per label, however many capped queues it has.
+            labels = {q if q in self._queues else OTHER for q in serves} or {UNKNOWN}
+            for queue in labels:
                 workers[queue] = workers.get(queue, 0) + 1
             for uuid in worker.tasks:
                 task = self._tasks.get(uuid)
@@ -290,7 +300,16 @@ class EventTracker:
         return uuid, task
 
     def _evict_oldest(self) -> None:
-        uuid, task = self._tasks.popitem(last=False)
+        tasks = self._tasks
+        # Running tasks on a live worker go to the back: they end by
+        # themselves, and they are what taskqueue_tasks_active counts. Bounded,
+        # so a flood of made-up "started" ids cannot make each event slow.
+        for _ in range(min(len(tasks), 64)):
+            uuid, task = next(iter(tasks.items()))
+            if task.worker is None:
+                break
+            tasks.move_to_end(uuid)
+        uuid, task = tasks.popitem(last=False)
         if task.worker is not None and (worker := self._workers.get(task.worker)):
             worker.tasks.discard(uuid)
 
@@ -383,7 +402,11 @@ class EventTracker:
         uuid, task = found
         self._count(task, worker, "retried")
         # The retry's own task-sent (if any) came first and set a new publish
-        # time; the task is no longer running.
+        # time. If the re-published run has started already (both stamps from
+        # the retrying worker's clock), that run is the one tracked.
+        if (task.started_at is not None and task.published_at is not None
+                and task.started_at > task.published_at):
+            return
         self._detach(uuid, task)
         task.started_at = None
 
@@ -404,7 +427,7 @@ class EventTracker:
             for uuid in [u for u in worker.tasks
                          if (self._tasks[u].started_at or 0.0) < horizon]:
                 worker.tasks.discard(uuid)
-                self._tasks.pop(uuid, None)
+                self._tasks[uuid].worker = None
 
     def _on_offline(self, event: Mapping[str, Any], now: float) -> None:
         hostname = event.get("hostname")
@@ -428,9 +451,13 @@ class EventTracker:
         return worker
 
     def _drop_worker(self, hostname: str) -> None:
+        # Its tasks stop counting as active but keep their names and queues: a
+        # worker that was only silent finishes them with labelled events.
         worker = self._workers.pop(hostname)
         for uuid in worker.tasks:
-            self._tasks.pop(uuid, None)
+            task = self._tasks.get(uuid)
+            if task is not None:
+                task.worker = None
 
     def _detach(self, uuid: str, task: _Task) -> None:
         if task.worker is not None:

@@ -47,6 +47,12 @@ def test_count_by_queue_over_workers_and_states() -> None:
     assert count_by_queue({"active": None, "reserved": None, "scheduled": None}) == {}
 
 
+def test_count_by_queue_caps_distinct_queues() -> None:
+    replies = {"active": {"a@h": [request(f"q{i}") for i in range(5)]}}
+    assert count_by_queue(replies, max_queues=2) == {
+        ("q0", "active"): 1, ("q1", "active"): 1, ("(other)", "active"): 3}
+
+
 def test_queue_names() -> None:
     answer = [{"name": "emails", "exchange": {}}, {"name": 5}, "x", {"routing_key": "r"}]
     assert queue_names(answer) == ["emails"]
@@ -121,12 +127,15 @@ def test_a_new_worker_is_asked_for_its_queues_once_per_30s() -> None:
 
 
 def test_poll_counts_and_goes_stale() -> None:
-    inspect, _, app, now = inspector(interval=10.0)
+    inspect, tracker, app, now = inspector(interval=10.0)
     inspect.poll()
     assert inspect.current(now[0]) == InspectResult(1000.0, True, {("emails", "active"): 1})
     now[0] += 3 * 10 + 4 + 1  # three intervals and the broadcasts' own time
     assert inspect.current(now[0]) is None
     app.control.answers["active"] = None  # nobody answered
+    inspect.poll()
+    assert inspect.current(now[0]).success is True  # and the tracker knows no worker
+    tracker.handle({"type": "worker-heartbeat", "hostname": "a@h", "freq": 1000.0}, now[0])
     inspect.poll()
     assert inspect.current(now[0]).success is False
 

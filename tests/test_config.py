@@ -140,6 +140,13 @@ def test_events_default_on_unless_only_rq(argv, events):
     assert parse_config(["--broker-url", URL, *argv], {}).events is events
 
 
+def test_events_over_a_unix_socket_are_refused_or_off():
+    url = "unix:///run/redis.sock?db=0"
+    assert parse_config(["--broker-url", url], {}).events is False
+    with pytest.raises(ConfigError, match=r"^--events: Celery events need a redis://"):
+        parse_config(["--broker-url", url, "--events"], {})
+
+
 def test_rabbitmq_urls():
     config = parse_config(
         ["--broker-url", "amqp://guest:guest@127.0.0.1:5672//",

@@ -140,6 +140,21 @@ def test_a_retried_event_after_its_rerun_finished_keeps_its_labels() -> None:
     assert s.tracked_tasks == 0 and s.active == {"q": 0}
 
 
+def test_a_retried_event_after_its_rerun_started_leaves_the_rerun_active() -> None:
+    t = EventTracker()
+    name = "app.flaky"
+    run(t,
+        (T0, ev("task-sent", "r", T0, queue="q", name=name)),
+        (T0, ev("task-started", "r", T0, hostname=W1)),
+        (T0 + 1, ev("task-sent", "r", T0 + 1, queue="q", name=name, hostname=W1)),
+        (T0 + 1.5, ev("task-started", "r", T0 + 1.5, hostname=W1)),
+        (T0 + 2, ev("task-retried", "r", T0 + 2, hostname=W1)))
+    assert t.snapshot(T0 + 2).active == {"q": 1}
+    run(t, (T0 + 3, ev("task-failed", "r", T0 + 3, hostname=W1)))
+    s = t.snapshot(T0 + 3)
+    assert s.active == {"q": 0} and s.runtime[("q", name)].total == pytest.approx(1.5)
+
+
 def test_without_task_sent_the_queue_comes_from_a_one_queue_worker() -> None:
     t = EventTracker()
     run(t, (T0, ev("worker-online", hostname=W1)),
@@ -177,7 +192,9 @@ def test_an_offline_worker_takes_its_tasks_out() -> None:
     assert t.snapshot(T0).active == {"q": 1}
     run(t, (T0 + 1, ev("worker-offline", hostname=W1)))
     s = t.snapshot(T0 + 1)
-    assert s.active == {"q": 0} and s.workers == {"q": 0} and s.tracked_tasks == 0
+    assert s.active == {"q": 0} and s.workers == {"q": 0}
+    # The id stays (until it ends or expires) so that a late end keeps its labels.
+    assert s.tracked_tasks == 1
 
 
 def test_a_silent_worker_expires_after_three_heartbeat_intervals() -> None:
@@ -188,6 +205,30 @@ def test_a_silent_worker_expires_after_three_heartbeat_intervals() -> None:
     assert t.snapshot(T0 + 6.0).workers == {"q": 1}
     s = t.snapshot(T0 + 6.1)
     assert s.workers == {"q": 0} and s.active == {"q": 0} and s.online == ()
+
+
+def test_a_worker_silent_only_to_the_exporter_finishes_with_labels() -> None:
+    t = EventTracker()
+    run(t, (T0, ev("worker-heartbeat", hostname=W1, freq=2.0, active=1)),
+        (T0, ev("task-sent", "a", T0, queue="q", name="n")),
+        (T0, ev("task-started", "a", T0, hostname=W1)))
+    # While the exporter cannot receive, silence proves nothing.
+    assert t.snapshot(T0 + 60, expire_workers=False).active == {"q": 1}
+    assert t.snapshot(T0 + 60).active == {"q": 0}
+    run(t, (T0 + 61, ev("task-succeeded", "a", T0 + 61, hostname=W1, runtime=61.0)))
+    s = t.snapshot(T0 + 61)
+    assert s.tasks[("q", "n", "succeeded")] == 1
+    assert s.runtime[("q", "n")].count == 1 and s.tracked_tasks == 0
+
+
+def test_the_cap_evicts_waiting_ids_before_running_ones() -> None:
+    t = EventTracker(TrackerOptions(max_tracked_tasks=10))
+    run(t, (T0, ev("worker-heartbeat", hostname=W1, freq=1000.0, active=1)),
+        (T0, ev("task-sent", "running", T0, queue="q", name="n")),
+        (T0, ev("task-started", "running", T0, hostname=W1)))
+    for i in range(50):
+        run(t, (T0 + 1, ev("task-sent", f"w{i}", T0 + 1, queue="q", name="n")))
+    assert t.snapshot(T0 + 2).active == {"q": 1}
 
 
 def test_a_heartbeat_with_nothing_active_clears_tasks_whose_end_was_lost() -> None:
@@ -234,6 +275,9 @@ def test_made_up_queue_names_do_not_become_labels_past_the_cap() -> None:
     s = t.snapshot(T0)
     assert s.active == {"q0": 1, "q1": 1, OTHER: 8}
     assert s.workers == {"q0": 1, "q1": 1}
+    # Queues from inspect are held to the same cap.
+    t.set_worker_queues(W1, [f"dq{i}" for i in range(50)], T0)
+    assert t.snapshot(T0).workers == {"q0": 0, "q1": 0, OTHER: 1}
     assert {k[0] for k in s.tasks} == {"q0", "q1", OTHER}
 
 
