@@ -78,7 +78,7 @@ from typing import Any
 
 # The repository root, for the benchmarks' shared harness and the tests' services.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import SanityError, percentile, run_benchmark, step
+from bench.harness import SanityError, percentile, proc_status_kb, run_benchmark, step
 from exporter.celery_events import EventStream, TrackerFeed, celery_app
 from exporter.collector import EventCollector
 from exporter.event_tracker import DEFAULT_MAX_TRACKED_TASKS, EventTracker, TrackerOptions
@@ -427,7 +427,7 @@ class Simulation:
 
 
 def rss_mb() -> float:
-    return _status_kb(Path("/proc/self/status"), "VmRSS") / 1024
+    return proc_status_kb(os.getpid(), "VmRSS") / 1024
 
 
 _SHARED = (type, types.ModuleType, types.FunctionType, types.MethodType,
@@ -469,13 +469,6 @@ def deep_size(root: object) -> int:
         else:
             stack.append(iter(gc.get_referents(obj)))
     return total
-
-
-def _status_kb(path: Path, key: str) -> int:
-    for line in path.read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in {path}")
 
 
 @dataclass
@@ -713,7 +706,7 @@ def run_tracker(source: Any, scenario_name: str, total: int, cpu: int,
         if done % PROGRESS_EVERY == 0 and done < total:
             step(f"[{scenario_name}] {done:,} events, RSS {rss_mb():.1f} MB")
     final_ms, body = scrape()
-    peak = _status_kb(Path("/proc/self/status"), "VmHWM") / 1024
+    peak = proc_status_kb(os.getpid(), "VmHWM") / 1024
     source.send(0)
     totals = source.recv()
     with lock:

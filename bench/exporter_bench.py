@@ -50,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # The repository root, for the benchmarks' shared harness.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import SanityError, percentile, run_benchmark, step
+from bench.harness import SanityError, percentile, proc_status_kb, run_benchmark, step
 from exporter.cli import build_collector
 from exporter.config import parse_config
 
@@ -381,13 +381,6 @@ def exporter(workdir: Path, redis_port: int) -> Iterator[tuple[subprocess.Popen[
     with running(argv, log) as proc:
         wait_until(lambda: _answers_healthz(base + "/healthz"), "exporter", proc, log)
         yield proc, base
-
-
-def proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/{pid}/status")
 
 
 # --------------------------------------------------------------------------- metrics

@@ -54,3 +54,11 @@ def run_benchmark(name: str, run: Callable[[Path], Report], render: Callable[[An
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.as_json(), indent=2) + "\n")
     return 0
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    """A kB figure (VmRSS, VmHWM) of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/{pid}/status")

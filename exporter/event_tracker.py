@@ -84,7 +84,6 @@ class HistogramSnapshot:
 class WorkerSnapshot:
     hostname: str
     active: int
-    queues: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -272,7 +271,7 @@ class EventTracker:
                     if queue not in self._queues:
                         queue = OTHER if queue != UNKNOWN else UNKNOWN
                     active[queue] = active.get(queue, 0) + 1
-            online.append(WorkerSnapshot(hostname, worker.active, tuple(sorted(serves))))
+            online.append(WorkerSnapshot(hostname, worker.active))
         return EventsSnapshot(
             tasks=dict(self._counts),
             wait={k: h.snapshot() for k, h in self._wait.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,17 +21,14 @@ from exporter.snapshot import QueueSnapshot
 QueueKey = tuple[str, str]
 
 
-def family(
-    spec: m.MetricSpec, labels: tuple[str, ...] | None = None
-) -> GaugeMetricFamily | CounterMetricFamily:
+def family(spec: m.MetricSpec, labels: tuple[str, ...] | None = None) -> Any:
+    """An empty family of the spec's type; `labels` replaces the spec's (--no-task-label)."""
     labels = spec.labels if labels is None else labels
     if spec.type == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=labels)
+    if spec.type == "histogram":
+        return HistogramMetricFamily(spec.name, spec.help, labels=labels)
     return GaugeMetricFamily(spec.name, spec.help, labels=labels)
-
-
-def _histogram(spec: m.MetricSpec, labels: tuple[str, ...]) -> HistogramMetricFamily:
-    return HistogramMetricFamily(spec.name, spec.help, labels=labels)
 
 
 def _buckets(h: HistogramSnapshot) -> list[tuple[str, float]]:
@@ -95,7 +93,7 @@ def event_families(
         tasks.add_metric([queue, task, state] if task_label else [queue, state], total)
     histograms = []
     for spec, source in ((m.TASK_WAIT, events.wait), (m.TASK_RUNTIME, events.runtime)):
-        h = _histogram(spec, task_labels)
+        h = family(spec, task_labels)
         for (queue, task), snapshot in sorted(source.items()):
             h.add_metric([queue, task] if task_label else [queue], _buckets(snapshot),
                          snapshot.total)
