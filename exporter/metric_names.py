@@ -186,6 +186,18 @@ SCALER_CURRENT = MetricSpec(
     "(desired, running, pending).",
     ("service", "state"),
 )
+SCALER_MIN = MetricSpec(
+    "taskqueue_scaler_min_replicas",
+    "gauge",
+    "The service's configured minimum worker count.",
+    ("service",),
+)
+SCALER_MAX = MetricSpec(
+    "taskqueue_scaler_max_replicas",
+    "gauge",
+    "The service's configured maximum worker count.",
+    ("service",),
+)
 SCALER_RULE_VALUE = MetricSpec(
     "taskqueue_scaler_rule_value",
     "gauge",
@@ -260,6 +272,8 @@ SCALER_WORKER_RESTARTS = MetricSpec(
 SCALER_METRICS: tuple[MetricSpec, ...] = (
     SCALER_DESIRED,
     SCALER_CURRENT,
+    SCALER_MIN,
+    SCALER_MAX,
     SCALER_RULE_VALUE,
     SCALER_RULE_RECOMMENDATION,
     SCALER_DECISIONS,

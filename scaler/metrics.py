@@ -21,6 +21,8 @@ class ScalerCollector:
     def collect(self) -> Iterator[Metric]:
         desired = family(m.SCALER_DESIRED)
         current = family(m.SCALER_CURRENT)
+        low = family(m.SCALER_MIN)
+        high = family(m.SCALER_MAX)
         value = family(m.SCALER_RULE_VALUE)
         recommendation = family(m.SCALER_RULE_RECOMMENDATION)
         decisions = family(m.SCALER_DECISIONS)
@@ -28,6 +30,10 @@ class ScalerCollector:
         last_success = family(m.SCALER_LAST_SUCCESS)
         duration = family(m.SCALER_EVALUATION_DURATION)
         restarts = family(m.SCALER_WORKER_RESTARTS)
+        # From the config, so dashboards and the "pinned at max" alert can compare with them.
+        for service in self._scaler.config.services:
+            low.add_metric([service.name], service.limits.min)
+            high.add_metric([service.name], service.limits.max)
         for name, total in sorted(self._scaler.fleet.restarts().items()):
             restarts.add_metric([name], total)
         with self._scaler.lock:
@@ -54,5 +60,5 @@ class ScalerCollector:
                     last_success.add_metric([name], state.last_success)
             if self._scaler.last_duration is not None:
                 duration.add_metric([], self._scaler.last_duration)
-        yield from (desired, current, value, recommendation, decisions, errors, last_success,
+        yield from (desired, current, low, high, value, recommendation, decisions, errors, last_success,
                     duration, restarts)

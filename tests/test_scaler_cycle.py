@@ -92,6 +92,8 @@ def test_a_cycle_scales_each_service_by_its_own_rules(services):
     assert value(samples, "taskqueue_scaler_desired_replicas", service="w-a") == 5
     assert value(samples, "taskqueue_scaler_current_replicas", service="w-a",
                  state="desired") == 1
+    assert value(samples, "taskqueue_scaler_min_replicas", service="w-a") == 1
+    assert value(samples, "taskqueue_scaler_max_replicas", service="w-a") == 8
     assert value(samples, "taskqueue_scaler_rule_value", service="w-a", rule="backlog") == 45
     assert value(samples, "taskqueue_scaler_rule_recommendation", service="w-a",
                  rule="backlog") == 5
