@@ -1,22 +1,33 @@
-# The two commands of the README: `make run` (the main job) and `make test`.
+# The two commands of the README: `make demo` (the main job) and `make test`.
 # Both set up what they need: OS packages when missing, the virtualenv, the package.
 
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench-exporter bench-scaler bench-events system-deps clean
+DURATION ?=
 
+.PHONY: demo run test lint bench-exporter bench-scaler bench-events system-deps base-deps clean
+
+# What `make test` needs; the demo and the exporter need less (base-deps: no docker-compose,
+# no RabbitMQ).
 system-deps:
-	@scripts/ensure-system-deps.sh
+	@scripts/ensure-system-deps.sh test
 
-$(STAMP): pyproject.toml | system-deps
+base-deps:
+	@scripts/ensure-system-deps.sh base
+
+$(STAMP): pyproject.toml | base-deps
 	@test -x $(VENV)/bin/python || $$(scripts/python.sh) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,demo]'
 	@touch $(STAMP)
 
-run: system-deps $(STAMP)
+# The main job: everything on one machine, on free ports, until Ctrl-C or DURATION seconds.
+demo: base-deps $(STAMP)
+	@$(VENV)/bin/python -m demo.run $(if $(DURATION),--duration $(DURATION)) $(DEMO_ARGS)
+
+run: base-deps $(STAMP)
 	@scripts/run-exporter.sh
 
 lint: $(STAMP)

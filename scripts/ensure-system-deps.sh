@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Installs what the project needs from the OS packages when it is missing:
 # redis-server, prometheus (for promtool and the tests' Prometheus), and a
-# Python >= 3.11 with venv. Installs as root on Debian/Ubuntu; otherwise says
-# exactly what to install and fails. Enables RabbitMQ's management plugin
-# where RabbitMQ is installed.
+# Python >= 3.11 with venv; for `test` (the default) also docker-compose (1.29
+# parses and checks docker-compose.yml without a Docker engine) and
+# prometheus-alertmanager (for amtool, which checks the compose stack's
+# Alertmanager config), and it starts an installed RabbitMQ and enables its
+# management plugin. `base` (`make demo`, `make run`) needs only the first three.
+# Installs as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
+#
+#   scripts/ensure-system-deps.sh [test|base]
 set -euo pipefail
 
+purpose=${1:-test}  # test, or base: what the demo and `make run` need
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
+if [ "$purpose" = test ]; then
+  # tests/test_compose.py validates docker-compose.yml and compose/alertmanager.yml with these.
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+fi
 
 python=""
 for candidate in python3 python3.13 python3.12 python3.11; do
@@ -56,8 +67,10 @@ start_rabbitmq() {
   done
   echo "note: rabbitmq-server did not start; the RabbitMQ tests need it" >&2
 }
-start_rabbitmq
-enable_rabbitmq_management
+if [ "$purpose" = test ]; then
+  start_rabbitmq
+  enable_rabbitmq_management
+fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
