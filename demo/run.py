@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"taskqueue_scaler_desired_replicas)\n"
                   f"exporter: http://127.0.0.1:{ports.exporter}/metrics   "
                   f"scaler: http://127.0.0.1:{ports.scaler}/metrics   logs: {directory}")
-        console.print(header)
+        if not interactive:
+            console.print(header)  # the live view shows it above its table
         failure = watch(stack, ports, tracker, args.duration, interrupts, console,
                         interactive, header)
     except StartError as error:

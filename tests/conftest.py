@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,14 +41,24 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def make_prometheus(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., PrometheusServer]]:
-    """Start real prometheus servers: make_prometheus(targets=["127.0.0.1:PORT"], "1s")."""
+    """Start real prometheus servers: make_prometheus(targets=["127.0.0.1:PORT"], "1s").
+
+    `jobs` adds scrape jobs by name ({"job": ["127.0.0.1:PORT"]}); `rule_files` are loaded.
+    """
     servers: list[PrometheusServer] = []
 
-    def make(targets: Sequence[str] = (), scrape_interval: str = "1s") -> PrometheusServer:
+    def make(
+        targets: Sequence[str] = (),
+        scrape_interval: str = "1s",
+        jobs: Mapping[str, Sequence[str]] | None = None,
+        rule_files: Sequence[Path] = (),
+    ) -> PrometheusServer:
         server = PrometheusServer(
             tmp_path_factory.mktemp("prometheus"),
             targets=list(targets),
             scrape_interval=scrape_interval,
+            jobs={name: list(addresses) for name, addresses in (jobs or {}).items()},
+            rule_files=list(rule_files),
         )
         servers.append(server)
         return server.start()

@@ -125,6 +125,10 @@ class PrometheusServer:
     scrape_interval: str = "1s"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # More scrape jobs, by job name ("targets" is the job of `targets`), and rule files
+    # to load (evaluated every scrape_interval).
+    jobs: dict[str, list[str]] = field(default_factory=dict)
+    rule_files: list[Path] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -137,11 +141,13 @@ class PrometheusServer:
                 "evaluation_interval": self.scrape_interval,
             },
             "scrape_configs": [
-                {"job_name": "targets", "static_configs": [{"targets": list(self.targets)}]}
-            ]
-            if self.targets
-            else [],
+                {"job_name": name, "static_configs": [{"targets": list(targets)}]}
+                for name, targets in {"targets": self.targets, **self.jobs}.items()
+                if targets
+            ],
         }
+        if self.rule_files:
+            config["rule_files"] = [str(Path(path).resolve()) for path in self.rule_files]
         config_file = self.directory / "prometheus.yml"
         # JSON is YAML, and needs no YAML library here.
         config_file.write_text(json.dumps(config, indent=2))
