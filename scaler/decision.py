@@ -170,11 +170,13 @@ def decide(
 def _on_failure(current: int, limits: Limits, history: History) -> Decision:
     failures = history.failures + 1
     history = replace(history, failures=failures)
+    # Missing data never scales anything down, but `min` is a floor whatever the data: a
+    # service found below it (a new ECS service at 0, a local backend starting) rises.
+    floor = max(current, limits.min)
     if limits.fallback is not None and failures >= limits.failure_threshold:
-        # Missing data never scales anything down: the fallback only raises.
-        return Decision(min(max(current, limits.fallback), limits.max), Reason.FALLBACK, None,
+        return Decision(min(max(floor, limits.fallback), limits.max), Reason.FALLBACK, None,
                         history)
-    return Decision(current, Reason.NO_DATA, None, history)
+    return Decision(floor, Reason.NO_DATA, None, history)
 
 
 def _stabilized(

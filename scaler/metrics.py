@@ -60,5 +60,5 @@ class ScalerCollector:
                     last_success.add_metric([name], state.last_success)
             if self._scaler.last_duration is not None:
                 duration.add_metric([], self._scaler.last_duration)
-        yield from (desired, current, low, high, value, recommendation, decisions, errors, last_success,
-                    duration, restarts)
+        yield from (desired, current, low, high, value, recommendation, decisions, errors,
+                    last_success, duration, restarts)

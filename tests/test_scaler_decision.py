@@ -215,6 +215,18 @@ def test_no_data_never_scales_down_even_with_a_window_full_of_low_recommendation
     assert (decision.count, decision.reason) == (8, Reason.NO_DATA)
 
 
+def test_no_data_still_raises_a_service_below_its_minimum():
+    limits = Limits(min=2, max=10, fallback=3, failure_threshold=2)
+    seen = []
+    history = History()
+    for current in (0, 2, 1):
+        decision = decide(Inputs((), failed=True), Counts(current, current, 0), limits, DEFAULT,
+                          history, 0.0)
+        seen.append((decision.count, decision.reason))
+        history = decision.history
+    assert seen == [(2, Reason.NO_DATA), (3, Reason.FALLBACK), (3, Reason.FALLBACK)]
+
+
 def test_history_keeps_only_what_the_windows_and_periods_need():
     history = History(recommendations=((0.0, 5), (800.0, 5)), changes=((0.0, 2), (995.0, 1)))
     decision = one(5, 5, behavior=DEFAULT, history=history, now=1000.0)
