@@ -11,6 +11,7 @@ scaler add workers, then idle time for it to take them away again.
 from __future__ import annotations
 
 import argparse
+import heapq
 import logging
 import os
 import random
@@ -45,22 +46,32 @@ class Send:
 
 
 def schedule(plan: Plan, rng: random.Random, until: float) -> Iterator[Send]:
-    """The whole load, in time order; pure, so a seed gives the same load every time."""
-    sends: list[Send] = []
-    t = 0.0
-    while True:
+    """The whole load, in time order, made as it is consumed (a day of it would be half a
+    million tasks); pure, so a seed gives the same load every time."""
+    # Each stream draws from its own generator, so consuming them interleaved (as the
+    # merge does) gives the same tasks as consuming them one after the other.
+    trickle_rng, burst_rng = random.Random(rng.random()), random.Random(rng.random())
+    return heapq.merge(_trickle(plan, trickle_rng, until), _bursts(plan, burst_rng, until),
+                       key=lambda send: send.at)
+
+
+def _trickle(plan: Plan, rng: random.Random, until: float) -> Iterator[Send]:
+    t = rng.expovariate(plan.trickle_per_second)
+    while t < until:
+        yield _task(rng, t, "image" if rng.random() < 0.5 else "email", plan)
         t += rng.expovariate(plan.trickle_per_second)
-        if t >= until:
-            break
-        sends.append(_task(rng, t, "image" if rng.random() < 0.5 else "email", plan))
+
+
+def _bursts(plan: Plan, rng: random.Random, until: float) -> Iterator[Send]:
     burst = plan.first_burst
     while burst < until:
-        sends.extend(_task(rng, burst, "image", plan) for _ in range(plan.image_burst))
+        for _ in range(plan.image_burst):
+            yield _task(rng, burst, "image", plan)
         emails_at = burst + plan.burst_every / 2
         if emails_at < until:
-            sends.extend(_task(rng, emails_at, "email", plan) for _ in range(plan.email_burst))
+            for _ in range(plan.email_burst):
+                yield _task(rng, emails_at, "email", plan)
         burst += plan.burst_every
-    return iter(sorted(sends, key=lambda send: send.at))
 
 
 def _task(rng: random.Random, at: float, kind: str, plan: Plan) -> Send:

@@ -12,6 +12,7 @@ everything on Ctrl-C (a second Ctrl-C stops at once) or after --duration seconds
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ from rich.text import Text
 
 from demo.app import QUEUES
 from demo.configs import Ports, prometheus_config, scaler_config, service_name
-from demo.stack import MARKER, Stack, StartError, find, free_port
+from demo.stack import MARKER, Stack, StartError, find, free_ports
 from demo.status import QueueRow, ServiceRow, Tracker, read_queues, read_scaler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,33 +53,35 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return lambda: requests.get(url, timeout=1).status_code == 200
 
 
-def start_all(stack: Stack, ports: Ports, duration: float | None) -> None:
+def start_all(stack: Stack, ports: Ports, duration: float | None,
+              interrupted: Callable[[], bool]) -> None:
     directory = stack.directory
+    start = functools.partial(stack.start, interrupted=interrupted)
     broker = f"redis://127.0.0.1:{ports.redis}/0"
-    stack.start("redis", [find("redis-server", "redis-server"), "--port", str(ports.redis),
+    start("redis", [find("redis-server", "redis-server"), "--port", str(ports.redis),
                           "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                           "--dir", str(directory)],
                 ready=lambda: bool(redis.Redis(port=ports.redis, socket_timeout=1).ping()))
     config = directory / "prometheus.yml"
     config.write_text(prometheus_config(ports, REPO / "alerts"))
-    stack.start("prometheus", [find("prometheus", "prometheus"), f"--config.file={config}",
+    start("prometheus", [find("prometheus", "prometheus"), f"--config.file={config}",
                                f"--storage.tsdb.path={directory / 'prometheus-data'}",
                                f"--web.listen-address=127.0.0.1:{ports.prometheus}"],
                 ready=_http_ok(f"http://127.0.0.1:{ports.prometheus}/-/ready"))
     queues = [arg for queue in QUEUES for arg in ("--queue", queue)]
-    stack.start("exporter", [_bin("taskqueue-exporter"), "--broker-url", broker,
+    start("exporter", [_bin("taskqueue-exporter"), "--broker-url", broker,
                              "--listen-address", "127.0.0.1", "--port", str(ports.exporter),
                              *queues],
                 ready=_http_ok(f"http://127.0.0.1:{ports.exporter}/healthz"))
     scaler_yml = directory / "scaler.yml"
     scaler_yml.write_text(scaler_config(ports, sys.executable, REPO, broker))
     # Its workers get 20 s to finish their tasks (stop_timeout); the scaler waits for them.
-    stack.start("scaler", [_bin("taskqueue-scaler"), "run", "--config", str(scaler_yml)],
+    start("scaler", [_bin("taskqueue-scaler"), "run", "--config", str(scaler_yml)],
                 ready=_http_ok(f"http://127.0.0.1:{ports.scaler}/healthz"), stop_timeout=40)
     load = [sys.executable, "-m", "demo.load", "--broker-url", broker]
     if duration is not None:
         load += ["--duration", str(duration)]
-    stack.start("load", load, ready=lambda: True, env={"PYTHONPATH": str(REPO)}, cwd=REPO)
+    start("load", load, ready=lambda: True, env={"PYTHONPATH": str(REPO)}, cwd=REPO)
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -152,18 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(soft_wrap=True)
     interactive = console.is_terminal
     interrupts = Interrupts()
-    signal.signal(signal.SIGINT, interrupts)
-    signal.signal(signal.SIGTERM, interrupts)
+    # SIGHUP: the terminal closed. Children also get SIGTERM should the runner die
+    # without stopping them (stack.py), but an orderly stop is better.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupts)
 
     directory = Path(tempfile.mkdtemp(prefix="taskqueue-demo-"))
     stack = Stack(directory, os.environ.get(MARKER) or uuid.uuid4().hex)
-    ports = Ports(free_port(), free_port(), free_port(), free_port())
+    ports = Ports(*free_ports(4))
     tracker = Tracker()
     failure: str | None = None
     prometheus = f"http://127.0.0.1:{ports.prometheus}"
     try:
         console.print(f"starting in {directory} ...")
-        start_all(stack, ports, args.duration)
+        start_all(stack, ports, args.duration, interrupts.stop.is_set)
         header = (f"Prometheus: {prometheus}  (try queue:taskqueue_backlog:sum, "
                   f"taskqueue_scaler_desired_replicas)\n"
                   f"exporter: http://127.0.0.1:{ports.exporter}/metrics   "
@@ -173,17 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         failure = watch(stack, ports, tracker, args.duration, interrupts, console,
                         interactive, header)
     except StartError as error:
-        failure = str(error)
+        # A Ctrl-C during start-up is a stop the user asked for, not a failure.
+        failure = None if interrupts.stop.is_set() else str(error)
     finally:
+        # From here a Ctrl-C means "hurry", whatever started the stop (time, a failure).
+        interrupts.stop.set()
         console.print("stopping: load, scaler (its workers finish their tasks), exporter, "
-                      "prometheus, redis ...")
+                      "prometheus, redis ... (Ctrl-C: at once)")
         stack.stop(hurry=interrupts.hurry.is_set)
-        killed = stack.sweep()
+        killed, left = stack.sweep()
         if killed:
             console.print(f"killed {len(killed)} leftover processes: {killed}")
-        left = stack.leftovers()
-        if not args.keep:
-            shutil.rmtree(directory, ignore_errors=True)
+    if failure is None and not args.keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        console.print(f"logs kept in {directory}")
     for line in summary_lines(tracker):
         console.print(line)
     if left:
@@ -221,7 +230,7 @@ def watch(stack: Stack, ports: Ports, tracker: Tracker, duration: float | None,
             if duration is not None and elapsed >= duration:
                 return None
             dead = stack.failed()
-            if dead is not None and dead.name != "load":
+            if dead is not None:
                 return f"{dead.name} exited with code {dead.process.returncode}:\n{dead.tail()}"
             try:
                 queues = read_queues(prometheus, QUEUES, session)

@@ -10,6 +10,7 @@ a last sweep can find anything that outlived its parent.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -34,6 +35,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (each bind may hand back one given a moment ago)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the runner dies without stopping it (its terminal
+    # closed, SIGKILL), the kernel sends SIGTERM, so the scaler still stops its workers.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def find(binary: str, package: str) -> str:
@@ -65,17 +86,26 @@ class Stack:
 
     def start(self, name: str, argv: list[str], *, ready: Callable[[], bool],
               stop_timeout: float = 10.0, timeout: float = 60.0,
-              env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
+              env: dict[str, str] | None = None, cwd: Path | None = None,
+              interrupted: Callable[[], bool] = lambda: False) -> Child:
+        if interrupted():
+            raise StartError(f"interrupted before {name} started")
         log = self.directory / f"{name}.log"
         environment = {**os.environ, **(env or {}), MARKER: self.marker}
-        with log.open("wb") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=environment, cwd=cwd,
-                                       start_new_session=True)
+        try:
+            with log.open("wb") as out:
+                process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=environment, cwd=cwd,
+                                           start_new_session=True,
+                                           preexec_fn=_die_with_parent)
+        except OSError as error:
+            raise StartError(f"{name}: cannot run {argv[0]}: {error.strerror}") from None
         child = Child(name, process, log, stop_timeout)
         self.children.append(child)
         deadline = self.clock() + timeout
         while True:
+            if interrupted():
+                raise StartError(f"interrupted while {name} was starting")
             if process.poll() is not None:
                 raise StartError(f"{name} exited with code {process.returncode} at start-up; "
                                  f"its log ({log}) ends:\n{child.tail()}")
@@ -90,8 +120,12 @@ class Stack:
             time.sleep(0.1)  # polling a child that is starting; the deadline bounds it
 
     def failed(self) -> Child | None:
-        """The first child that exited on its own, if any."""
-        return next((c for c in self.children if c.process.poll() is not None), None)
+        """The first child that exited on its own, if any (for `load`: with an error)."""
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and not (child.name == "load" and code == 0):
+                return child
+        return None
 
     def stop(self, hurry: Callable[[], bool] = lambda: False) -> None:
         """Stop every child, last started first: SIGTERM, then SIGKILL after its timeout
@@ -106,26 +140,36 @@ class Stack:
         Ourselves and our ancestors are left out: a marker given to `make demo` is in
         make's environment too.
         """
-        needle = f"{MARKER}={self.marker}".encode()
-        skip = _ancestors()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in skip:
-                continue
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue  # gone, a zombie, or not ours to read
-        return found
+        return marked(self.marker, skip=_ancestors())
 
-    def sweep(self) -> list[int]:
-        """SIGKILL whatever outlived its parent; returns the pids it had to kill."""
+    def sweep(self, timeout: float = 5.0) -> tuple[list[int], list[int]]:
+        """SIGKILL whatever outlived its parent; returns (killed, still there after
+        `timeout`): a killed process shows its environment until it has exited."""
         killed = self.leftovers()
         for pid in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return killed
+        deadline = self.clock() + timeout
+        left = self.leftovers()
+        while left and self.clock() < deadline:
+            time.sleep(0.1)  # waiting for the kernel to finish the kills; bounded
+            left = self.leftovers()
+        return killed, left
+
+
+def marked(marker: str, skip: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Pids of live processes whose environment holds MARKER=marker."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in skip:
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone, a zombie, or not ours to read
+    return found
 
 
 def _ancestors() -> set[int]:

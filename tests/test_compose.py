@@ -42,9 +42,17 @@ PUBLISHED = {"redis": [6379], "exporter": [9808], "scaler": [9809], "prometheus"
 OUR_IMAGE = {"producer", "worker-images", "worker-emails", "exporter", "moto-init", "scaler"}
 
 
-def _compose(*args: str) -> subprocess.CompletedProcess[str]:
-    # Variables that would point docker-compose at another file or project are dropped.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+PORT_VARIABLES = {"redis": "REDIS_PORT", "exporter": "EXPORTER_PORT", "scaler": "SCALER_PORT",
+                  "prometheus": "PROMETHEUS_PORT", "alertmanager": "ALERTMANAGER_PORT",
+                  "grafana": "GRAFANA_PORT", "moto": "MOTO_PORT"}
+
+
+def _compose(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    # Variables that would point docker-compose at another file or project, or move a
+    # published port, are dropped: the defaults are under test.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("COMPOSE_") and k not in PORT_VARIABLES.values()}
+    env.update(variables)
     return subprocess.run([require("docker-compose"), "-f", str(COMPOSE_FILE), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
@@ -143,6 +151,16 @@ def test_published_ports_are_the_documented_ones(compose: dict[str, Any]) -> Non
             assert host == container, name
     hosts = [port for ports in published.values() for port in ports]
     assert len(hosts) == len(set(hosts))
+
+
+def test_every_published_port_can_be_moved_with_a_variable() -> None:
+    # A Redis or Prometheus already on the host must not stop the stack from starting.
+    moved = {variable: str(20000 + i) for i, variable in enumerate(PORT_VARIABLES.values())}
+    result = _compose("config", **moved)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name, variable in PORT_VARIABLES.items():
+        assert _published(services[name]) == [(int(moved[variable]), PUBLISHED[name][0])], name
 
 
 def test_the_readme_documents_every_service_and_port() -> None:

@@ -8,6 +8,7 @@ with Ctrl-C, as a user would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -15,6 +16,8 @@ import random
 import re
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 from pathlib import Path
@@ -23,7 +26,7 @@ import pytest
 
 from demo.configs import PLANS, Ports, prometheus_config, scaler_config, service_name
 from demo.load import Plan, Send, run, schedule
-from demo.stack import MARKER
+from demo.stack import MARKER, Stack, StartError, marked
 from demo.status import ServiceRow, Tracker
 from scaler.config import parse_config
 from tests.services import require, wait_for
@@ -108,17 +111,48 @@ def test_generated_configs_are_valid_and_name_the_jobs_the_alerts_expect(tmp_pat
     assert "recording.yml" in check.stdout  # the rule files were found and checked
 
 
-def marked(marker: str) -> list[int]:
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+def test_a_missing_program_or_one_that_dies_at_start_is_one_clear_error(tmp_path):
+    stack = Stack(tmp_path, uuid.uuid4().hex)
+    with pytest.raises(StartError, match=r"^nothing: cannot run /no/such/program: No such file"):
+        stack.start("nothing", ["/no/such/program"], ready=lambda: True)
+    with pytest.raises(StartError, match=r"^early exited with code 3 at start-up; .*\n.*boom"):
+        stack.start("early", ["sh", "-c", "echo boom; exit 3"], ready=lambda: False)
+    asked = iter([False, False, True])  # Ctrl-C once the program runs
+    with pytest.raises(StartError, match=r"^interrupted while slow was starting"):
+        stack.start("slow", ["sleep", "30"], ready=lambda: False,
+                    interrupted=lambda: next(asked))
+    assert stack.children[-1].process.poll() is None  # stopped by stop(), not by start()
+    stack.stop()
+    assert stack.leftovers() == []
+
+
+def test_children_stop_when_the_runner_dies_without_stopping_them(tmp_path):
+    marker = uuid.uuid4().hex
+    runner = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import pathlib, sys
+            from demo.stack import Stack
+            stack = Stack(pathlib.Path({str(tmp_path)!r}), {marker!r})
+            stack.start("sleeper", ["sleep", "300"], ready=lambda: True)
+            print("started", flush=True)
+            sys.stdin.read()
+            """)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert runner.stdout.readline() == "started\n"
+        assert len(marked(marker)) == 1
+        runner.kill()  # no chance to stop anything
+        runner.wait()
+        wait_for(lambda: not marked(marker), timeout=10, what="the orphan to get SIGTERM")
+    finally:
+        kill_marked(marker)
+
+
+def kill_marked(marker: str) -> None:
+    """A failed test must not leave a demo running: its children live in their own sessions."""
+    for pid in marked(marker, skip={os.getpid()}):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def demo_env(marker: str) -> dict[str, str]:
@@ -133,11 +167,14 @@ def test_make_demo_scales_up_and_back_and_leaves_nothing_running(tmp_path):
     require("prometheus")
     marker = uuid.uuid4().hex
     summary = tmp_path / "summary.json"
-    result = subprocess.run(
-        ["make", "--no-print-directory", "demo", "DURATION=45",
-         f"DEMO_ARGS=--summary {summary}"],
-        cwd=REPO, env=demo_env(marker), capture_output=True, text=True, timeout=240,
-        stdin=subprocess.DEVNULL)
+    try:
+        result = subprocess.run(
+            ["make", "--no-print-directory", "demo", "DURATION=45",
+             f"DEMO_ARGS=--summary {summary}"],
+            cwd=REPO, env=demo_env(marker), capture_output=True, text=True, timeout=240,
+            stdin=subprocess.DEVNULL)
+    finally:
+        kill_marked(marker)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert re.search(r"Prometheus: http://127\.0\.0\.1:\d+", output), output[-2000:]
@@ -183,9 +220,9 @@ def test_ctrl_c_stops_the_live_view_and_every_process(tmp_path):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        # The live view's table, with the images workers running, is on the screen.
-        wait_for(lambda: re.search(rb"images .*1 / 1 / 0", bytes(screen)), timeout=90,
-                 what="the live view to show a running images worker")
+        # The live view's table is on the screen: everything has started.
+        wait_for(lambda: re.search(rb"last decision.*\n(.*\n)*.*images ", bytes(screen)),
+                 timeout=90, what="the live view's table")
         assert marked(marker), "the demo's processes carry the marker"
         # Ctrl-C in a terminal signals the foreground process group: here, the runner.
         os.killpg(process.pid, signal.SIGINT)
@@ -194,6 +231,7 @@ def test_ctrl_c_stops_the_live_view_and_every_process(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+        kill_marked(marker)
         reader.join(timeout=5)
         os.close(leader)
     text = bytes(screen).decode(errors="replace")

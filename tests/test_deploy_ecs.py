@@ -20,10 +20,11 @@ import pytest
 from moto import mock_aws
 from prometheus_client import CollectorRegistry
 
-from exporter import metric_names
 from exporter import server as http_server
 from exporter.config import ENV_PREFIX, build_parser, parse_config
 from scaler.config import load_config
+from scaler.evaluate import queries_of
+from tests.promql_names import unknown_names
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "ecs"
@@ -310,8 +311,9 @@ def test_the_baked_scaler_config_is_valid_and_names_only_permitted_services(tmp_
         assert backend.region == SAMPLE["REGION"] and backend.cluster == SAMPLE["CLUSTER"]
         assert (f"arn:aws:ecs:{SAMPLE['REGION']}:{SAMPLE['ACCOUNT_ID']}:service/"
                 f"{backend.cluster}/{backend.service}") in permitted
-    used = set(re.findall(r"\btaskqueue_[a-z_]+", (DEPLOY / "scaler.yml").read_text()))
-    assert used <= {spec.name for spec in metric_names.ALL_METRICS}
+    for service in config.services:
+        for query in queries_of(service):
+            assert unknown_names(query) == set(), (service.name, query)
 
 
 # --- IAM --------------------------------------------------------------------------------

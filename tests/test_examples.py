@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from demo.configs import Ports, scaler_config
 from exporter import metric_names as m
-from scaler.config import load_config
+from scaler.config import ScalerConfig, load_config, parse_config
+from scaler.evaluate import queries_of
+from tests.promql_names import names_in, unknown_names
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 def test_the_scaler_example_is_valid():
@@ -39,3 +43,20 @@ def test_examples_name_only_defined_metrics():
     for path in EXAMPLES.iterdir():
         used = set(re.findall(r"\btaskqueue_[a-z_]+", path.read_text()))
         assert used - defined == set(), path.name
+
+
+def shipped_configs() -> dict[str, ScalerConfig]:
+    """Every scaler config the repository ships or generates (deploy/ecs has its own test)."""
+    configs = {path.name: load_config(str(path), {}) for path in sorted(EXAMPLES.glob("*.yml"))}
+    configs["compose/scaler.yml"] = load_config(str(ROOT / "compose" / "scaler.yml"), {})
+    configs["demo"] = parse_config(
+        scaler_config(Ports(1, 2, 3, 4), "python3", ROOT, "redis://127.0.0.1:1/0"), {})
+    return configs
+
+
+def test_every_shipped_query_reads_only_exported_or_recorded_names():
+    for name, config in shipped_configs().items():
+        for service in config.services:
+            for query in queries_of(service):
+                assert names_in(query) != (set(), set()), (name, query)
+                assert unknown_names(query) == set(), (name, service.name, query)
