@@ -16,6 +16,7 @@ import requests
 import yaml
 
 from exporter import metric_names as m
+from tests.promql_names import METRIC, exported_names, names_in
 from tests.scrape import Samples, parse_text, series, value
 from tests.services import (
     MetricsTarget,
@@ -56,37 +57,6 @@ def alert_rules() -> list[dict[str, Any]]:
 def run_promtool(promtool: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120,
                           cwd=cwd)
-
-
-# A string literal of PromQL, double- or single-quoted, with escapes.
-STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
-# A range or subquery, [5m] or [1h:1m]: its colon is not part of a name.
-RANGE = re.compile(r"\[[^\]]*\]")
-# taskqueue_ metric names: not inside a recording name (queue:taskqueue_backlog:sum).
-METRIC = re.compile(r"(?<![\w:])taskqueue_\w+(?![\w:])")
-# Recording names, level:metric:operations: at least one colon.
-RECORD = re.compile(r"(?<![\w:])[A-Za-z_]\w*:[\w:]*\w")
-
-
-def names_in(expr: str) -> tuple[set[str], set[str]]:
-    """The taskqueue_ metric names and the recording names a PromQL expression reads.
-
-    Metric names are searched in the whole text, strings included, so that the names in
-    a `{__name__=~"a|b"}` matcher count; recording names outside strings only, so that a
-    label value such as "host:9808" is not taken for one.
-    """
-    metrics = set(METRIC.findall(expr))
-    records = set(RECORD.findall(RANGE.sub("[]", STRING.sub('""', expr))))
-    return metrics, records
-
-
-def exported_names() -> set[str]:
-    names = set()
-    for spec in m.ALL_METRICS:
-        names.add(spec.name)
-        if spec.type == "histogram":
-            names |= {spec.name + suffix for suffix in ("_bucket", "_sum", "_count")}
-    return names
 
 
 OVERRIDE_EXAMPLE = re.compile(r"^ *# BEGIN override example\n(.*?)^ *# END override example\n",
@@ -225,6 +195,23 @@ def test_rules_read_only_exported_metrics_and_defined_records() -> None:
     # The helper found names at all, among them the scaler's max gauge.
     assert {"taskqueue_queue_depth", "taskqueue_scaler_max_replicas",
             "taskqueue_task_wait_seconds_bucket"} <= seen_metrics
+
+
+def test_annotations_format_values_and_query_exported_metrics() -> None:
+    # A bare {{ $value }} or `humanize` prints an extrapolated count as "4.6153": every
+    # value goes through printf or a humanize* that suits it (duration, percentage).
+    exported = exported_names()
+    for rule in alert_rules():
+        for key, text in rule["annotations"].items():
+            where = f"{rule['alert']}: {key}"
+            for action in re.findall(r"\{\{-?\s*([^}]*\$value[^}]*?)\s*-?\}\}", text):
+                if action.startswith("if "):
+                    continue  # a condition, not shown
+                assert re.fullmatch(
+                    r"\$value \| (printf \"[^\"]*\"|humanizeDuration|humanizePercentage)",
+                    action), f"{where}: {{{{ {action} }}}} prints the value unformatted"
+            # Metric names in template queries (the errors alert lists kinds by one).
+            assert set(METRIC.findall(text)) <= exported, where
 
 
 # ---------------------------------------------------------------------------- SLO override
