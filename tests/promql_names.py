@@ -38,12 +38,14 @@ def names_in(expr: str) -> tuple[set[str], set[str]]:
 
 
 def exported_names() -> set[str]:
-    """Every series name the exporter and the scaler can expose (histogram suffixes too)."""
+    """Every series name the exporter and the scaler can expose; a histogram's own name
+    is not one (only its _bucket, _sum and _count series are)."""
     names = set()
     for spec in m.ALL_METRICS:
-        names.add(spec.name)
         if spec.type == "histogram":
             names |= {spec.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+        else:
+            names.add(spec.name)
     return names
 
 
