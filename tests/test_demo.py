@@ -26,7 +26,7 @@ import pytest
 
 from demo.configs import PLANS, Ports, prometheus_config, scaler_config, service_name
 from demo.load import Plan, Send, run, schedule
-from demo.stack import MARKER, Stack, StartError, marked
+from demo.stack import MARKER, Stack, StartError, find, marked
 from demo.status import ServiceRow, Tracker
 from scaler.config import parse_config
 from tests.services import require, wait_for
@@ -111,7 +111,12 @@ def test_generated_configs_are_valid_and_name_the_jobs_the_alerts_expect(tmp_pat
     assert "recording.yml" in check.stdout  # the rule files were found and checked
 
 
-def test_a_missing_program_or_one_that_dies_at_start_is_one_clear_error(tmp_path):
+def test_a_missing_program_or_one_that_dies_at_start_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server here
+    with pytest.raises(StartError, match=r"^redis-server not found: install it with "
+                                         r"`sudo apt-get install redis-server`"):
+        find("redis-server", "redis-server")
+    monkeypatch.undo()
     stack = Stack(tmp_path, uuid.uuid4().hex)
     with pytest.raises(StartError, match=r"^nothing: cannot run /no/such/program: No such file"):
         stack.start("nothing", ["/no/such/program"], ready=lambda: True)
