@@ -158,6 +158,16 @@ def _rate(value: Any) -> float:
     return _number(value)
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from `30s`, `5m`, `1h`, `500ms` or a number; ValueError names the bad value."""
+    return _duration(value)
+
+
+def parse_rate(value: Any) -> float:
+    """Tasks per second from `2/min`, `0.5/s`, `100/h` or a number."""
+    return _rate(value)
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(f"must be a non-empty string (got {_show(value)})")

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
 from scaler.decision import Counts, Decision, History, Reason, decide
@@ -34,6 +34,19 @@ DESCRIBE_CONCURRENCY = 4
 # cycle waits for its queries, plus this (seconds): room for slow ECS calls.
 STALL_GRACE = 60.0
 ClientFactory = Callable[[str, str | None], Any]  # (region, endpoint_url) -> boto3 ECS client
+
+
+class Backends(Protocol):
+    """Where the scaler reads counts and sets desired counts: the real `Fleet`, or the
+    simulator's world."""
+
+    def read(self) -> Mapping[str, ServiceCounts | BackendError]: ...
+
+    def set_desired(self, name: str, count: int) -> None: ...
+
+    def restarts(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 class Fleet:
@@ -111,7 +124,7 @@ class Scaler:
         self,
         config: ScalerConfig,
         query: QueryFn,
-        fleet: Fleet,
+        fleet: Backends,
         *,
         clock: Callable[[], float],
         timer: Callable[[], float],

@@ -128,7 +128,9 @@ def _rule(rule: RuleConfig, results: Mapping[str, Result], counts: Counts) -> Ru
             if rule.arrival_query is not None:
                 arrival = _value(results, rule.arrival_query, rule)
             assert throughput is not None
-            recommendation = rule.rule.recommend(value, throughput, arrival)
+            # Workers being stopped (desired below running) will not help drain.
+            running = min(counts.running, counts.desired)
+            recommendation = rule.rule.recommend(value, throughput, arrival, running)
         else:
             recommendation = rule.rule.recommend(value, counts.desired, counts.pending)
     except RuleError as error:

@@ -1,8 +1,10 @@
-"""Instant queries against Prometheus's HTTP API, with failures sorted into a few kinds.
+"""Instant and range queries against Prometheus's HTTP API, with failures sorted into a
+few kinds.
 
-The client only fetches samples (labels and a number): which series a rule reads, and
-what NaN, an empty result or several series mean for a scaling decision, is decided
-elsewhere, by a pure function over the samples returned here.
+The client only fetches samples (labels and a number, or labels and points over time for
+a range query): which series a rule reads, and what NaN, an empty result or several
+series mean for a scaling decision, is decided elsewhere, by a pure function over the
+samples returned here.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ _VALID_HEADER_VALUE = re.compile(r"(\S[^\r\n]*)?")
 _NOT_JSON = object()
 _QUERY_IN_MESSAGE = 120
 _TEXT_IN_MESSAGE = 200
+# Prometheus refuses a range query of more than 11,000 points per series
+# ("exceeded maximum resolution"); longer ranges are asked for in chunks of this many.
+MAX_POINTS_PER_QUERY = 11_000
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,15 @@ class Sample:
     value: float
 
 
+@dataclass(frozen=True)
+class RangeSeries:
+    """One series of a range query: its labels and its (epoch seconds, value) points, in
+    time order. A step where the series had no sample has no point (not a NaN)."""
+
+    labels: Mapping[str, str]
+    points: tuple[tuple[float, float], ...]
+
+
 class QueryError(Exception):
     """A query that gave no usable values; `kind` says which part of the trip failed."""
 
@@ -98,6 +112,7 @@ class PrometheusClient:
     ) -> None:
         self.settings = settings
         self._endpoint = settings.url.rstrip("/") + "/api/v1/query"
+        self._range_endpoint = self._endpoint + "_range"
         self._shown_url = _show_url(settings.url)
         headers = dict(settings.headers)
         if settings.bearer_token is not None:
@@ -125,20 +140,68 @@ class PrometheusClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def query(self, promql: str) -> list[float]:
+    def query(self, promql: str, at: float | None = None) -> list[float]:
         """Values of an instant query, in Prometheus's order: one per sample, or one scalar."""
-        return [sample.value for sample in self.query_samples(promql)]
+        return [sample.value for sample in self.query_samples(promql, at)]
 
-    def query_samples(self, promql: str) -> list[Sample]:
-        """The samples of an instant query, in Prometheus's order; a scalar has no labels."""
+    def query_samples(self, promql: str, at: float | None = None) -> list[Sample]:
+        """The samples of an instant query, in Prometheus's order; a scalar has no labels.
+
+        `at` (epoch seconds) evaluates the query at that instant instead of now: the
+        simulator's clock is not the wall clock.
+        """
         shown = _show_query(promql)
+        form = {"query": promql}
+        if at is not None:
+            form["time"] = repr(float(at))
+        response = self._post(self._endpoint, form, promql, shown)
+        return self._samples(promql, shown, response)
+
+    def query_range(
+        self, promql: str, start: float, end: float, step: float
+    ) -> list[RangeSeries]:
+        """The series of a range query over [start, end] (epoch seconds) every `step` seconds.
+
+        Evaluated at start, start + step, ... up to end, as Prometheus does. A range longer
+        than Prometheus's 11,000 points per series is asked for in consecutive chunks on
+        the same grid, and each series' points are joined in time order; series keep the
+        order in which they first appear. A failure of any chunk fails the whole query,
+        with the same kinds and messages as `query_samples`.
+        """
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"step must be a positive number of seconds, got {step}")
+        if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+            raise ValueError(f"range must have start <= end, got {start} .. {end}")
+        shown = _show_query(promql)
+        # Milliseconds, Prometheus's own resolution: chunk edges then land exactly on
+        # the grid, with no float drift between one chunk and the next.
+        start_ms, end_ms = round(start * 1000), round(end * 1000)
+        step_ms = max(1, round(step * 1000))
+        chunk_ms = (MAX_POINTS_PER_QUERY - 1) * step_ms
+        merged: dict[frozenset[tuple[str, str]],
+                     tuple[Mapping[str, str], list[tuple[float, float]]]] = {}
+        chunk_start = start_ms
+        while chunk_start <= end_ms:
+            chunk_end = min(end_ms, chunk_start + chunk_ms)
+            form = {"query": promql, "start": _seconds(chunk_start), "end": _seconds(chunk_end),
+                    "step": _seconds(step_ms)}
+            response = self._post(self._range_endpoint, form, promql, shown)
+            for series in self._matrix(promql, shown, response):
+                key = frozenset(series.labels.items())
+                merged.setdefault(key, (series.labels, []))[1].extend(series.points)
+            chunk_start = chunk_end + step_ms
+        return [RangeSeries(labels, tuple(points)) for labels, points in merged.values()]
+
+    def _post(self, endpoint: str, form: Mapping[str, str], promql: str,
+              shown: str) -> requests.Response:
+        """The response to one API call; a failure to get one is a QueryError."""
         try:
             # POST form, so a long query never meets a URL length limit. Redirects are not
             # followed: requests would turn a POST into a body-less GET (Prometheus then
             # reports "no expression found") and would carry our headers to another host.
-            response = self._session.post(
-                self._endpoint,
-                data={"query": promql},
+            return self._session.post(
+                endpoint,
+                data=form,
                 headers=self._headers,
                 timeout=self.settings.timeout,
                 verify=self.settings.verify_tls,
@@ -162,11 +225,8 @@ class PrometheusClient:
                 f"prometheus returned a bad response for query {shown}: {self._reason(error)}",
                 query=promql,
             ) from error
-        return self._samples(promql, shown, response)
 
-    def _samples(self, promql: str, shown: str, response: requests.Response) -> list[Sample]:
-        status = response.status_code
-
+    def _bad(self, promql: str, shown: str, status: int) -> Callable[[str], QueryError]:
         def bad(detail: str) -> QueryError:
             return QueryError(
                 "bad_response",
@@ -175,6 +235,12 @@ class PrometheusClient:
                 status=status,
             )
 
+        return bad
+
+    def _data(self, promql: str, shown: str, response: requests.Response) -> dict[str, Any]:
+        """The `data` object of a successful answer; any other answer is a QueryError."""
+        status = response.status_code
+        bad = self._bad(promql, shown, status)
         try:
             body: Any = json.loads(response.content)
         except (ValueError, RecursionError):
@@ -211,6 +277,11 @@ class PrometheusClient:
         data = body.get("data")
         if not isinstance(data, dict):
             raise bad('no "data" object')
+        return data
+
+    def _samples(self, promql: str, shown: str, response: requests.Response) -> list[Sample]:
+        data = self._data(promql, shown, response)
+        bad = self._bad(promql, shown, response.status_code)
         result_type = data.get("resultType")
         result = data.get("result")
         if result_type == "vector":
@@ -221,8 +292,7 @@ class PrometheusClient:
                 pair = sample.get("value") if isinstance(sample, dict) else None
                 value = self._number(pair, f"sample {index}", bad)
                 labels = sample.get("metric", {})
-                if not (isinstance(labels, dict) and all(
-                        isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+                if not _is_labels(labels):
                     raise bad(f'sample {index}: "metric" is not a map of label names to strings')
                 samples.append(Sample(labels, value))
             return samples
@@ -234,6 +304,37 @@ class PrometheusClient:
                 "write the query to return an instant vector or a scalar"
             )
         raise bad(f"unknown result type {self._clean(str(result_type))!r}")
+
+    def _matrix(self, promql: str, shown: str, response: requests.Response) -> list[RangeSeries]:
+        data = self._data(promql, shown, response)
+        bad = self._bad(promql, shown, response.status_code)
+        result_type = data.get("resultType")
+        result = data.get("result")
+        if result_type != "matrix":
+            # A range query of a scalar expression comes back as a matrix too.
+            raise bad(f"range query result type {self._clean(str(result_type))!r} "
+                      'is not "matrix"')
+        if not isinstance(result, list):
+            raise bad('"result" of a matrix is not a list')
+        found = []
+        for index, series in enumerate(result):
+            values = series.get("values") if isinstance(series, dict) else None
+            if not isinstance(values, list):
+                # A native histogram series has "histograms" instead: not a number.
+                raise bad(f'series {index} has no "values" list')
+            labels = series.get("metric", {})
+            if not _is_labels(labels):
+                raise bad(f'series {index}: "metric" is not a map of label names to strings')
+            points = []
+            for pair in values:
+                value = self._number(pair, f"series {index} point", bad)
+                stamp = pair[0]
+                if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+                    raise bad(f"series {index} point timestamp "
+                              f"{self._clean(repr(stamp))} is not a number")
+                points.append((float(stamp), value))
+            found.append(RangeSeries(labels, tuple(points)))
+        return found
 
     def _number(self, pair: object, what: str, bad: Callable[[str], QueryError]) -> float:
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], str)):
@@ -277,6 +378,18 @@ class PrometheusClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return _one_line(text, limit)
+
+
+def _is_labels(labels: object) -> bool:
+    return isinstance(labels, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+
+
+def _seconds(milliseconds: int) -> str:
+    """Epoch milliseconds as the decimal seconds Prometheus's API reads, exactly."""
+    sign = "-" if milliseconds < 0 else ""
+    whole, fraction = divmod(abs(milliseconds), 1000)
+    return f"{sign}{whole}.{fraction:03d}"
 
 
 def _valid_header_value(value: object) -> bool:

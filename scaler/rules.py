@@ -56,24 +56,38 @@ class PerWorker:
 class Drain:
     """Workers that clear `backlog` within `within` seconds from now.
 
-    New workers do nothing for `startup` seconds, and tasks keep arriving at
-    `arrival` per second all along, so the work to do by the deadline is
-    backlog + arrival * within, done at `throughput` per worker per second
-    during (within - startup) seconds:
+    Tasks keep arriving at `arrival` per second, so the work to do by the deadline is
+    backlog + arrival * within, at `throughput` tasks per worker per second. The
+    `running` workers already started work all `within` seconds; a worker launched now
+    does nothing for `startup` seconds, so only (within - startup) of its time counts:
 
-        n = ceil((backlog + arrival * within) / (throughput * (within - startup)))
+        work <= running * throughput * within:
+            n = ceil(work / (throughput * within))             (fewer may do)
+        otherwise:
+            n = running + ceil((work - running * throughput * within)
+                               / (throughput * (within - startup)))
+
+    With nothing running this is the plain (backlog + arrival * within) /
+    (throughput * (within - startup)). Charging the start-up delay to workers that
+    are already up would ask for within / (within - startup) times the workers a
+    steady queue needs, and keep them.
     """
 
     within: float
     startup: float
 
-    def recommend(self, backlog: float, throughput: float, arrival: float) -> int:
+    def recommend(self, backlog: float, throughput: float, arrival: float,
+                  running: int = 0) -> int:
         if throughput <= 0:
             raise RuleError("bad_value", f"throughput must be > 0 (got {throughput:g})")
         if arrival < 0:
             raise RuleError("bad_value", f"arrival rate must be >= 0 (got {arrival:g})")
         work = max(0.0, backlog) + arrival * self.within
-        return _count(work / (throughput * (self.within - self.startup)))
+        existing = max(0, running) * throughput * self.within
+        if work <= existing:
+            return _count(work / (throughput * self.within))
+        return max(0, running) + _count(
+            (work - existing) / (throughput * (self.within - self.startup)))
 
 
 @dataclass(frozen=True)

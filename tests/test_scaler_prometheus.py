@@ -1,7 +1,11 @@
-"""The scaler's Prometheus client: mocked HTTP for every failure, a real prometheus for the API."""
+"""The scaler's Prometheus client: mocked HTTP for every failure, a real prometheus for the API.
+
+Instant queries (query, query_samples) and range queries (query_range) share the transport
+and error handling, so the failure table runs against both."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import socket
@@ -22,11 +26,19 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
-from scaler.prometheus import PrometheusClient, PrometheusSettings, QueryError, Sample
+from scaler.prometheus import (
+    MAX_POINTS_PER_QUERY,
+    PrometheusClient,
+    PrometheusSettings,
+    QueryError,
+    RangeSeries,
+    Sample,
+)
 from tests.services import MetricsTarget, PrometheusServer, free_port, wait_for
 
 URL = "http://prometheus.test:9090"
 ENDPOINT = f"{URL}/api/v1/query"
+RANGE_ENDPOINT = f"{URL}/api/v1/query_range"
 TOKEN = "tok-5ecret-b3arer"
 HEADERS = {"X-Scope-OrgID": "tenant-0rg-7", "X-Api-Key": "hdr-5ecret-k3y"}
 SECRETS = (TOKEN, *HEADERS.values())
@@ -538,3 +550,194 @@ def test_real_timeouts(reply):
         client.query("vector(1)")
     assert caught.value.kind == "timeout"
     assert str(caught.value) == f"prometheus at {url} did not answer query 'vector(1)' within 0.2s"
+
+
+# --- range queries ----------------------------------------------------------------------
+
+START = 1700000000.0
+
+
+def matrix(*series: tuple[dict[str, str], list[tuple[float, str]]]) -> dict[str, Any]:
+    return success("matrix", [{"metric": labels, "values": [list(p) for p in points]}
+                              for labels, points in series])
+
+
+def test_range_series_carry_labels_and_points_in_time_order(mocked, client):
+    mocked.post(
+        RANGE_ENDPOINT,
+        json=matrix(({"queue": "a"}, [(START, "1"), (START + 15, "NaN"), (START + 30, "+Inf")]),
+                    ({"queue": "b"}, [(START + 30, "2.5")])),
+        match=[matchers.urlencoded_params_matcher({
+            "query": QUERY, "start": "1700000000.000", "end": "1700000030.000",
+            "step": "15.000"})],
+    )
+    a, b = client.query_range(QUERY, START, START + 30, 15)
+    assert a.labels == {"queue": "a"}
+    assert [t for t, _ in a.points] == [START, START + 15, START + 30]
+    assert a.points[0][1] == 1.0 and math.isnan(a.points[1][1]) and a.points[2][1] == math.inf
+    assert b == RangeSeries({"queue": "b"}, ((START + 30, 2.5),))
+    assert mocked.calls[0].request.url == RANGE_ENDPOINT
+
+
+def test_range_times_are_sent_in_milliseconds(mocked, client):
+    mocked.post(RANGE_ENDPOINT, json=matrix(), match=[matchers.urlencoded_params_matcher({
+        "query": QUERY, "start": "1700000000.123", "end": "1700000060.124", "step": "0.500"})])
+    assert client.query_range(QUERY, START + 0.1234, START + 60.1236, 0.5) == []
+
+
+def test_range_sends_token_headers_timeout_and_tls_setting(mocked):
+    mocked.post(RANGE_ENDPOINT, json=matrix(), match=[
+        matchers.header_matcher({"Authorization": f"Bearer {TOKEN}", **HEADERS}),
+        matchers.request_kwargs_matcher({"timeout": 2.5, "verify": False}),
+    ])
+    with PrometheusClient(settings(verify_tls=False)) as prometheus:
+        assert prometheus.query_range(QUERY, START, START + 60, 15) == []
+
+
+@pytest.mark.parametrize(("step", "end"), [(0, START + 1), (-1, START + 1), (math.nan, START + 1),
+                                           (15, START - 1), (15, math.inf)])
+def test_range_refuses_a_bad_step_or_range_before_asking(client, step, end):
+    with pytest.raises(ValueError):
+        client.query_range(QUERY, START, end, step)
+
+
+def _chunked_matrix(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+    """A matrix for the requested range: series "a" at every step, "b" only after 2000 s
+    past START, values = the timestamps."""
+    form = dict(pair.split("=") for pair in str(request.body).split("&"))
+    start, end, step = (float(form[k]) for k in ("start", "end", "step"))
+    count = round((end - start) / step) + 1
+    times = [start + k * step for k in range(count)]
+    series = [({"s": "a"}, [(t, str(t)) for t in times])]
+    later = [(t, str(t)) for t in times if t >= START + 2000]
+    if later:
+        series.append(({"s": "b"}, later))
+    return 200, {}, json.dumps(matrix(*series))
+
+
+@pytest.mark.parametrize(("points", "requests_made"), [
+    (MAX_POINTS_PER_QUERY, 1),
+    (MAX_POINTS_PER_QUERY + 1, 2),
+    (2 * MAX_POINTS_PER_QUERY + 5, 3),
+])
+def test_long_ranges_are_asked_for_in_chunks_and_joined(mocked, client, points, requests_made):
+    mocked.add_callback(responses.POST, RANGE_ENDPOINT, callback=_chunked_matrix)
+    step = 0.25
+    end = START + (points - 1) * step
+    a, b = client.query_range(QUERY, START, end, step)
+    assert len(mocked.calls) == requests_made
+    expected = [START + k * step for k in range(points)]
+    # Every step once, in order, on one grid, whichever chunk it came from.
+    assert a == RangeSeries({"s": "a"}, tuple((t, t) for t in expected))
+    assert b.labels == {"s": "b"}
+    assert [t for t, _ in b.points] == [t for t in expected if t >= START + 2000]
+    forms = [dict(p.split("=") for p in str(c.request.body).split("&")) for c in mocked.calls]
+    # No chunk reaches Prometheus's limit; each starts a step after the previous one ended.
+    for form in forms:
+        assert (float(form["end"]) - float(form["start"])) / step + 1 <= MAX_POINTS_PER_QUERY
+    for before, after in itertools.pairwise(forms):
+        assert float(after["start"]) == float(before["end"]) + step
+
+
+def test_a_failing_chunk_fails_the_whole_range(mocked, client):
+    mocked.post(RANGE_ENDPOINT, json=matrix(({}, [(START, "1")])))
+    mocked.post(RANGE_ENDPOINT, status=503)
+    with pytest.raises(QueryError) as caught:
+        client.query_range(QUERY, START, START + MAX_POINTS_PER_QUERY, 1)
+    assert (caught.value.kind, str(caught.value)) == ("http", f"prometheus returned HTTP 503 {Q}")
+
+
+# The answers that fail the same way whichever API was called: transport, status, body.
+_INSTANT_SHAPES = {"result-not-list", "sample-without-value", "value-not-a-string",
+                   "labels-not-a-map", "value-not-a-number", "scalar-wrong-shape", "matrix",
+                   "string", "unknown-type"}
+RANGE_FAILURES = [f for f in FAILURES if f[0] not in _INSTANT_SHAPES] + [
+    ("vector", {"status": 200, "json": vector("1")}, "bad_response", 200,
+     BAD + "range query result type 'vector' is not \"matrix\""),
+    ("result-not-list", {"status": 200, "json": success("matrix", {})}, "bad_response", 200,
+     BAD + '"result" of a matrix is not a list'),
+    ("series-not-a-map", {"status": 200, "json": success("matrix", [[1, "2"]])},
+     "bad_response", 200, BAD + 'series 0 has no "values" list'),
+    ("native-histogram-series",
+     {"status": 200, "json": success("matrix", [{"metric": {}, "histograms": [[1, {}]]}])},
+     "bad_response", 200, BAD + 'series 0 has no "values" list'),
+    ("labels-not-a-map",
+     {"status": 200, "json": success("matrix", [{"metric": ["q"], "values": [[1, "3"]]}])},
+     "bad_response", 200, BAD + 'series 0: "metric" is not a map of label names to strings'),
+    ("point-not-a-pair",
+     {"status": 200, "json": success("matrix", [{"metric": {}, "values": [[1, "3"], [2]]}])},
+     "bad_response", 200, BAD + 'series 0 point is not a [timestamp, "value"] pair'),
+    ("point-value-not-a-number",
+     {"status": 200, "json": matrix(({}, [(START, "1")]), ({}, [(START, "lots")]))},
+     "bad_response", 200, BAD + "series 1 point value 'lots' is not a number"),
+    ("point-time-not-a-number",
+     {"status": 200, "json": success("matrix", [{"metric": {}, "values": [["then", "3"]]}])},
+     "bad_response", 200, BAD + "series 0 point timestamp 'then' is not a number"),
+]
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind", "status", "message"),
+    [failure[1:] for failure in RANGE_FAILURES],
+    ids=[failure[0] for failure in RANGE_FAILURES],
+)
+def test_range_failures_have_a_kind_and_one_line_without_secrets(
+    mocked, client, reply, kind, status, message
+):
+    mocked.post(RANGE_ENDPOINT, **reply)
+    with pytest.raises(QueryError) as caught:
+        client.query_range(QUERY, START, START + 60, 15)
+    error = caught.value
+    assert (error.kind, error.status, str(error)) == (kind, status, message)
+    assert error.query == QUERY
+    assert_no_secret(error)
+    assert len(mocked.calls) == 1
+
+
+@pytest.mark.integration
+def test_real_range_of_a_scalar_and_a_labelled_vector(real):
+    (clock,) = real.query_range("time()", START, START + 60, 15)
+    assert clock == RangeSeries({}, tuple((START + t, START + t) for t in range(0, 61, 15)))
+    two = 'label_replace(vector(1), "q", "a", "", "") or label_replace(vector(2), "q", "b", "", "")'
+    a, b = sorted(real.query_range(two, START, START + 30, 15), key=lambda s: s.labels["q"])
+    assert a == RangeSeries({"q": "a"}, ((START, 1.0), (START + 15, 1.0), (START + 30, 1.0)))
+    assert b.labels == {"q": "b"} and {v for _, v in b.points} == {2.0}
+    assert real.query_range("absent_metric_of_this_test", START, START + 60, 15) == []
+
+
+@pytest.mark.integration
+def test_real_range_past_prometheus_resolution_limit_is_chunked(prometheus, real):
+    # 4 h at 1 s: 14,401 points, which Prometheus refuses in one request...
+    form = {"query": "time()", "start": str(START), "end": str(START + 14400), "step": "1"}
+    refused = requests.post(f"{prometheus.url}/api/v1/query_range", data=form, timeout=10)
+    assert refused.status_code == 400
+    assert "exceeded maximum resolution" in refused.json()["error"]
+    # ...and the client asks for in two, joined into one series on one grid.
+    (clock,) = real.query_range("time()", START, START + 14400, 1)
+    assert clock.labels == {}
+    assert clock.points == tuple((START + k, START + k) for k in range(14401))
+
+
+@pytest.mark.integration
+def test_real_range_errors_are_query_errors(real):
+    with pytest.raises(QueryError) as syntax:
+        real.query_range("sum(", START, START + 60, 15)
+    assert (syntax.value.kind, syntax.value.status) == ("query", 400)
+    assert str(syntax.value).startswith("prometheus rejected query 'sum(' (bad_data): ")
+    assert str(syntax.value).endswith("unclosed left parenthesis")
+    with pytest.raises(QueryError) as range_vector:
+        real.query_range("up[1m]", START, START + 60, 15)
+    assert (range_vector.value.kind, range_vector.value.status) == ("query", 400)
+    assert 'invalid expression type "range vector" for range query' in str(range_vector.value)
+    assert_no_secret(range_vector.value)
+
+
+@pytest.mark.integration
+def test_real_range_unreachable():
+    url = f"http://127.0.0.1:{free_port()}"
+    with PrometheusClient(settings(url=url)) as client, pytest.raises(QueryError) as caught:
+        client.query_range("vector(1)", START, START + 60, 15)
+    assert caught.value.kind == "unreachable"
+    assert str(caught.value) == (
+        f"cannot reach prometheus at {url} for query 'vector(1)': Connection refused"
+    )

@@ -66,6 +66,26 @@ def test_drain(backlog, throughput, arrival, within, startup, expected):
 
 
 @pytest.mark.parametrize(
+    ("backlog", "throughput", "arrival", "running", "expected"),
+    [
+        # 4 running at 1 task/s for 100 s do 400: enough for 300, and 3 would do.
+        (300, 1.0, 0.0, 4, 3),
+        (0, 1.0, 2.5, 4, 3),  # steady: ceil(arrival / throughput), no start-up charged
+        (400, 1.0, 0.0, 4, 4),
+        # 1000 to do, 400 by the running 4; 600 more at 1 x (100 - 40) per new worker.
+        (1000, 1.0, 0.0, 4, 14),
+        (700, 1.0, 3.0, 4, 14),  # 700 + 3 x 100 is the same 1000
+        (401, 1.0, 0.0, 4, 5),
+        (0, 1.0, 0.0, 4, 0),
+        (100, 1.0, 0.0, -1, 2),  # a negative count is none: (100 / 60) new
+    ],
+)
+def test_drain_counts_running_workers_without_start_up(backlog, throughput, arrival, running,
+                                                       expected):
+    assert Drain(100, 40).recommend(backlog, throughput, arrival, running) == expected
+
+
+@pytest.mark.parametrize(
     ("throughput", "arrival", "message"),
     [(0, 0, "throughput must be > 0 (got 0)"), (1, -1, "arrival rate must be >= 0 (got -1)")],
 )
