@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -10,7 +11,9 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from types import FrameType
+from urllib.parse import urlsplit
 
 import requests
 from prometheus_client import CollectorRegistry
@@ -23,6 +26,8 @@ from scaler.cycle import Fleet, Scaler
 from scaler.ecs import ecs_client
 from scaler.metrics import ScalerCollector
 from scaler.prometheus import PrometheusClient
+from scaler.simulation import backtest
+from scaler.simulation import command as simulate_command
 
 PROG = "taskqueue-scaler"
 EXIT_USAGE = 2
@@ -49,6 +54,28 @@ def _parser() -> argparse.ArgumentParser:
                      choices=["debug", "info", "warning", "error"])
     check = commands.add_parser("check-config", help="validate a config and exit")
     check.add_argument("config", metavar="FILE")
+    simulate_command.add_parser(commands)
+    past = commands.add_parser(
+        "backtest", help="what the scaler would have decided over real history",
+        description=backtest.HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    past.add_argument("--config", required=True, metavar="FILE", help="the scaler's YAML config")
+    past.add_argument("--from", dest="start", required=True, metavar="TIME",
+                      help="start of the range (2024-05-01T10:00:00Z, epoch seconds, -6h)")
+    past.add_argument("--to", dest="end", default="now", metavar="TIME",
+                      help="end of the range (default: now)")
+    past.add_argument("--service", action="append", metavar="NAME",
+                      help="only this service (repeatable; default: every service)")
+    past.add_argument("--step", metavar="DURATION",
+                      help="time between evaluations (default: the config's interval)")
+    past.add_argument("--actual-query", default=backtest.DEFAULT_ACTUAL_QUERY, metavar="PROMQL",
+                      help="the count the service actually ran; {{ service }} is its name "
+                           "(default: %(default)s)")
+    past.add_argument("--prometheus-url", metavar="URL",
+                      help="query this Prometheus instead of the config's")
+    past.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    past.add_argument("--plot", metavar="FILE.png",
+                      help="also draw would-be and actual counts (one FILE-<service>.png per "
+                           "service when there are several)")
     return parser
 
 
@@ -67,8 +94,55 @@ def _session(config: ScalerConfig) -> requests.Session:
     return session
 
 
+def _backtest(args: argparse.Namespace, config: ScalerConfig) -> int:
+    """Exit 2 for a bad option, 1 when Prometheus cannot answer: one line either way."""
+    try:
+        start, end = backtest.parse_range(args.start, args.end, time.time())
+        step = backtest.parse_step(args.step, config.interval)
+        services = backtest.select_services(config, args.service)
+        settings = config.prometheus
+        if args.prometheus_url is not None:
+            try:
+                url = args.prometheus_url.rstrip("/")
+                same = urlsplit(url)[:2] == urlsplit(settings.url)[:2]
+                # The config's token and headers are for the config's server: never sent
+                # to another host because a flag named it.
+                settings = (replace(settings, url=url) if same else
+                            replace(settings, url=url, headers={}, bearer_token=None))
+            except ValueError as error:
+                raise backtest.UsageError(f"--prometheus-url: {error}") from None
+        with PrometheusClient(settings) as prometheus:
+            result = backtest.backtest(config, prometheus.query_range, start, end, step,
+                                       services, args.actual_query)
+        plots = backtest.write_plots(result, args.plot) if args.plot else {}
+    except backtest.UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except backtest.BacktestError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(backtest.to_json(result, plots), indent=2))
+    else:
+        print(backtest.render_table(result), end="")
+        for name, path in plots.items():
+            print(f"plot of {name}: {path}")
+    return 0
+
+
+def _times_joined(argv: Sequence[str]) -> list[str]:
+    """`--from -6h` as `--from=-6h`: argparse would take the value for an option."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] in ("--from", "--to") and backtest.is_relative(arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(_times_joined(sys.argv[1:] if argv is None else argv))
     environ = os.environ if environ is None else environ
     path = args.config
     try:
@@ -79,6 +153,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         names = ", ".join(s.name for s in config.services)
         print(f"{path}: ok, {len(config.services)} services: {names}")
         return 0
+    if args.command == "backtest":
+        return _backtest(args, config)
+    if args.command == "simulate":
+        return simulate_command.run(args, config)
 
     secrets = tuple(s for s in (config.prometheus.bearer_token, *config.prometheus.headers.values())
                     if s)

@@ -1,0 +1,1 @@
+"""`taskqueue-scaler simulate` and `backtest`: scaling rules tried before they run."""
