@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 DURATION ?=
 
-.PHONY: demo run test lint bench-exporter bench-scaler bench-events system-deps base-deps clean
+.PHONY: demo run test lint bench-exporter bench-scaler bench-events bench-policies system-deps base-deps clean
 
 # What `make test` needs; the demo and the exporter need less (base-deps: no docker-compose,
 # no RabbitMQ).
@@ -20,7 +20,7 @@ base-deps:
 $(STAMP): pyproject.toml | base-deps
 	@test -x $(VENV)/bin/python || $$(scripts/python.sh) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test,demo]'
+	$(VENV)/bin/pip install --quiet -e '.[test,demo,sim]'
 	@touch $(STAMP)
 
 # The main job: everything on one machine, on free ports, until Ctrl-C or DURATION seconds.
@@ -45,6 +45,11 @@ bench-events: system-deps $(STAMP)
 bench-scaler: system-deps $(STAMP)
 	$(VENV)/bin/python bench/scaler_bench.py --layout grouped
 	$(VENV)/bin/python bench/scaler_bench.py --layout per-service
+
+# simulate's closed loop for our recommended config and the peers' policies on three
+# workloads: bench/results/policies.md and PNGs; fails if ours misses the bar.
+bench-policies: base-deps $(STAMP)
+	$(VENV)/bin/python bench/policies.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache *.egg-info
