@@ -118,7 +118,8 @@ class _Histogram:
 
 
 class _Task:
-    __slots__ = ("eta", "name", "published_at", "queue", "seen_at", "started_at", "worker")
+    __slots__ = ("eta", "name", "published_at", "queue", "seen_at", "started_at", "waited",
+                 "worker")
 
     def __init__(self, seen_at: float) -> None:
         self.queue: str | None = None
@@ -127,6 +128,9 @@ class _Task:
         self.eta: float | None = None
         self.worker: str | None = None
         self.started_at: float | None = None
+        # Whether the current run's wait was observed: task-sent may arrive after
+        # task-started (different senders), and the wait is observed once.
+        self.waited = False
         self.seen_at = seen_at
 
 
@@ -155,6 +159,16 @@ def parse_eta(value: Any) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def _sent_late(task: _Task, published: float) -> bool:
+    """Whether a task-sent stamped `published` belongs to the run already started.
+
+    A retry's re-publish is stamped after its previous run started; the
+    producer's own late event is stamped before.
+    """
+    return (task.started_at is not None and not task.waited
+            and published <= task.started_at)
 
 
 def _number(value: Any) -> float | None:
@@ -313,18 +327,30 @@ class EventTracker:
             worker.tasks.discard(uuid)
 
     def _on_sent(self, event: Mapping[str, Any], now: float) -> None:
-        found = self._task(event, now)
-        if found is None:
-            return
-        _, task = found
+        published = _number(event.get("timestamp")) or now
+        uuid = event.get("uuid")
+        done = (self._finished.get(uuid)
+                if isinstance(uuid, str) and uuid not in self._tasks else None)
+        if done is not None and _sent_late(done, published):
+            # The producer's event came after the whole run: count and observe
+            # its wait, but track nothing.
+            task = done
+        else:
+            found = self._task(event, now)
+            if found is None:
+                return
+            _, task = found
         queue = event.get("queue") or event.get("routing_key")
         if isinstance(queue, str) and queue:
             task.queue = queue
         self._take_name(task, event)
+        late = _sent_late(task, published)
         # A retry re-publishes the same id: it waits anew from this moment.
-        task.published_at = _number(event.get("timestamp")) or now
+        task.published_at = published
         task.eta = parse_eta(event.get("eta"))
-        self._count(task, None, "sent")
+        key = self._count(task, None, "sent")
+        if late and task.started_at is not None:
+            self._observe_wait(key, task, published, task.started_at)
 
     def _on_received(self, event: Mapping[str, Any], now: float) -> None:
         found = self._task(event, now)
@@ -347,9 +373,9 @@ class EventTracker:
         worker = self._worker_event(event, now)
         started = _number(event.get("timestamp")) or now
         key = self._count(task, worker, "started")
+        task.waited = False
         if task.published_at is not None:
-            ready = max(task.published_at, task.eta or 0.0)
-            self._observe(self._wait, key, self.options.wait_buckets, max(0.0, started - ready))
+            self._observe_wait(key, task, task.published_at, started)
         task.started_at = started
         self._learn(worker, task)
         if worker is not None:
@@ -505,6 +531,12 @@ class EventTracker:
         self._series.add(key)
         self._queues.add(queue)
         return key
+
+    def _observe_wait(self, key: tuple[str, str], task: _Task, published: float,
+                      started: float) -> None:
+        ready = max(published, task.eta or 0.0)
+        self._observe(self._wait, key, self.options.wait_buckets, max(0.0, started - ready))
+        task.waited = True
 
     @staticmethod
     def _observe(

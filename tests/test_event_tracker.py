@@ -124,6 +124,42 @@ def test_a_retry_waits_anew_from_its_republish_and_leaves_active() -> None:
     assert s.active == {"q": 0} and s.tracked_tasks == 0
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("sent", "started", "succeeded"),
+        ("started", "sent", "succeeded"),  # the producer's event overtaken by the worker's
+        ("started", "succeeded", "sent"),  # ... by the whole run
+    ],
+)
+def test_the_wait_is_observed_once_whichever_event_comes_first(order: tuple[str, ...]) -> None:
+    t = EventTracker()
+    events = {
+        "sent": ev("task-sent", "a", T0, queue="q", name="app.x", hostname="producer"),
+        "started": ev("task-started", "a", T0 + 4, hostname=W1),
+        "succeeded": ev("task-succeeded", "a", T0 + 5, hostname=W1, runtime=1.0),
+    }
+    run(t, *((T0 + 6, events[kind]) for kind in order))
+    s = t.snapshot(T0 + 6)
+    wait = s.wait[("q", "app.x")]
+    assert (wait.count, wait.total) == (1, pytest.approx(4.0))
+    assert s.tasks[("q", "app.x", "sent")] == 1
+    assert s.tracked_tasks == 0 and s.active.get("q", 0) == 0
+
+
+def test_a_retry_republished_after_its_run_started_is_not_a_late_send() -> None:
+    t = EventTracker()
+    # The first run's task-sent was never seen (the exporter started late).
+    run(t,
+        (T0, ev("task-started", "r", T0, hostname=W1)),
+        (T0 + 1, ev("task-sent", "r", T0 + 1, queue="q", name="app.x", hostname=W1)),
+        (T0 + 1, ev("task-retried", "r", T0 + 1, hostname=W1)))
+    assert t.snapshot(T0 + 1).wait == {}
+    run(t, (T0 + 3, ev("task-started", "r", T0 + 3, hostname=W1)))
+    wait = t.snapshot(T0 + 3).wait[("q", "app.x")]
+    assert (wait.count, wait.total) == (1, pytest.approx(2.0))
+
+
 def test_a_retried_event_after_its_rerun_finished_keeps_its_labels() -> None:
     t = EventTracker()
     name = "app.flaky"
