@@ -24,16 +24,25 @@ def on_term(signum: int, frame: object) -> None:
     stop = True
 
 
+
+
+def write(path: Path, text: str) -> None:
+    # Whole or not at all: the tests read these files while the worker starts.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 if os.environ.get("FAKE_CHILD") == "1":
     child = os.fork()
     if child == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             time.sleep(1)
-    (directory / f"{name}.child").write_text(str(child))
+    write(directory / f"{name}.child", str(child))
 signal.signal(signal.SIGTERM,
               signal.SIG_IGN if os.environ.get("FAKE_IGNORE_TERM") == "1" else on_term)
-(directory / f"{name}.pid").write_text(f"{os.getpid()} {os.environ.get('TASKQUEUE_WORKER_ID')}")
+write(directory / f"{name}.pid", f"{os.getpid()} {os.environ.get('TASKQUEUE_WORKER_ID')}")
 time.sleep(float(os.environ.get("FAKE_READY_AFTER", "0.2")))
 print("worker ready", flush=True)
 while not stop:

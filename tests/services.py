@@ -101,7 +101,7 @@ class RedisServer:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probe = self.client()
-        wait_for(probe.ping, what=f"redis-server on port {self.port}")
+        wait_for(probe.ping, timeout=30, what=f"redis-server on port {self.port}")
         probe.close()
         return self
 
@@ -166,7 +166,7 @@ class PrometheusServer:
             response = requests.get(f"{self.url}/-/ready", timeout=1)
             return "ready" if response.status_code == 200 else None
 
-        if wait_for(ready, what=f"prometheus on port {self.port}") == "exited":
+        if wait_for(ready, timeout=30, what=f"prometheus on port {self.port}") == "exited":
             self.process = None
             raise AssertionError(
                 f"prometheus exited with code {process.returncode}:\n{log.read_text()[-2000:]}"
@@ -287,7 +287,7 @@ class Exporter:
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
         wait_for(lambda: self.process.poll() is not None or get(self.url("/healthz"))[0] == 200,
-                 what="the exporter to answer /healthz")
+                 timeout=30, what="the exporter to answer /healthz")
         assert self.process.poll() is None, self.output()
 
     def url(self, path: str) -> str:

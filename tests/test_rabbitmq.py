@@ -678,7 +678,7 @@ def test_silent_broker_times_out(silent_port: int, api: bool) -> None:
     started = time.monotonic()
     with pytest.raises(BrokerReadError) as raised:
         reader.read(time.time())
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5  # the 0.3 s timeout, not a default of minutes
     assert str(raised.value) == (
         f"RabbitMQ management API at {management}: no answer within 0.3 s" if api
         else f"cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:{silent_port}/: timed out"

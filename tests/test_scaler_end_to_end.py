@@ -159,7 +159,9 @@ def test_burst_scales_up_and_drain_scales_down(
         # --- idle: depth 0 keeps the service at its minimum of 1.
         prometheus.wait_for_value('sum(taskqueue_queue_depth{queue="default"})',
                                   lambda values: values == [0.0], timeout=20)
-        seen_at = len(_decisions(log))
+        # A cycle may have queried before the first scrape landed and not logged yet:
+        # skip it (cycles run one at a time, so at most one is in flight).
+        seen_at = len(_decisions(log)) + 1
         wait_for(lambda: len(_decisions(log)) >= seen_at + 2, timeout=10,
                  what="two scaler cycles after prometheus has the depth")
         idle = _decisions(log)[seen_at:]
@@ -173,8 +175,10 @@ def test_burst_scales_up_and_drain_scales_down(
         wait_for(lambda: reached(8), timeout=30, interval=0.1, what="desired count 8")
         assert counts[0] == 1 and counts[-1] == 8
         assert counts == sorted(counts), f"the count went down during the burst: {counts}"
-        # At most +4 or x2 per second: 1 cannot jump straight to 8.
-        assert len(counts) >= 3, counts
+        # At most +4 or x2 per second: 1 cannot jump straight to 8. (From the log: a
+        # poll of ECS could miss a step that lasts one cycle.)
+        steps = [d["new"] for d in _decisions(log)[seen_at:]]
+        assert 1 < min(n for n in steps if n > 1) < 8, steps
 
         # --- draining: 25 left wants 3, but only after the 3 s stabilization window.
         drain_counts: list[int] = [8]
@@ -194,8 +198,9 @@ def test_burst_scales_up_and_drain_scales_down(
         assert first_drop is not None
         # Prometheus may take up to a scrape interval to see the change, and the last
         # cycle that saw 75 may have run up to an interval before it: the window ends
-        # no sooner than ~2 s after `lowered`, so generously: >= 2 s.
-        assert first_drop >= 2.0, f"scaled down {first_drop:.2f}s after the drain began"
+        # no sooner than ~2 s after `lowered`; less the latency of this poll: >= 1.8 s.
+        # (The log check below measures the window itself.)
+        assert first_drop >= 1.8, f"scaled down {first_drop:.2f}s after the drain began"
 
         # --- drained: back to the minimum of 1.
         depth_target.text = depth_text(0)
@@ -234,6 +239,8 @@ def test_burst_scales_up_and_drain_scales_down(
     # recommendation (scaler timestamps; the cycles' own clocks differ by their durations).
     drop = next(i for i, d in enumerate(decisions) if d["reason"] == "ScaleDown")
     last_high = max(i for i, d in enumerate(decisions[:drop]) if d["value"] == "75")
-    assert decisions[drop]["time"] - decisions[last_high]["time"] >= 2.5, decisions
+    # Log times are taken after each cycle's I/O, so a slow high cycle shortens the gap;
+    # without the 3 s window the drop would follow one cycle (1 s) later.
+    assert decisions[drop]["time"] - decisions[last_high]["time"] >= 2.0, decisions
     print("burst counts:", counts, "drain counts:", drain_counts,
           f"first drop after {first_drop:.2f}s")

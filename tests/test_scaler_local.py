@@ -42,7 +42,7 @@ def pid_of(tmp_path: Path, name: str) -> tuple[int, str]:
 
 
 def test_processes_are_pending_until_ready_then_running(make, tmp_path):
-    workers = make(FAKE_READY_AFTER="0.5")
+    workers = make(FAKE_READY_AFTER="1.5")  # time to check pending first
     workers.set_desired(3)
     assert workers.counts() == ServiceCounts(desired=3, running=0, pending=3)
     wait_for(lambda: workers.counts() == ServiceCounts(3, 3, 0), timeout=10,
@@ -52,14 +52,14 @@ def test_processes_are_pending_until_ready_then_running(make, tmp_path):
 
 
 def test_scale_in_stops_the_newest_with_sigterm_and_lets_them_finish(make, tmp_path):
-    workers = make(FAKE_READY_AFTER="0", FAKE_DRAIN="1.0")
+    workers = make(FAKE_READY_AFTER="0", FAKE_DRAIN="2.0")
     workers.set_desired(3)
     wait_for(lambda: workers.counts().running == 3, timeout=10, what="three workers")
     pids = {n: pid_of(tmp_path, f"w{n}")[0] for n in (1, 2, 3)}
     workers.set_desired(1)
     # Being stopped counts as neither running nor pending, at once.
     assert workers.counts() == ServiceCounts(1, 1, 0)
-    assert alive(pids[2]) and alive(pids[3])  # finishing their "task" (1 s)
+    assert alive(pids[2]) and alive(pids[3])  # finishing their "task" (2 s)
     wait_for(lambda: not alive(pids[2]) and not alive(pids[3]), timeout=10,
              what="the stopped workers to finish and exit")
     workers.supervise()

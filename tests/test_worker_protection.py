@@ -232,10 +232,12 @@ def test_a_worker_protects_renews_and_releases_around_its_task(
     # Renewed about every second while the 4 s task ran.
     renewals = [c for c in enabled[1:] if c.at < finished]
     assert len(renewals) >= 2, calls
-    assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(enabled))
+    # Not at every 0.2 s tick. (Arrival times at the agent: a slow first call shortens
+    # the next gap, so not >= 1.0.)
+    assert all(b.at - a.at >= 0.5 for a, b in itertools.pairwise(enabled))
     # Released once it had held nothing for release_after (1 s), and not renewed after.
     assert release.at >= finished + 1.0
-    assert release.at <= finished + 4.0
+    assert release.at <= finished + 10.0
     assert release.minutes is None
     assert all(c.at < release.at for c in enabled)
 
