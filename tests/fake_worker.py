@@ -24,8 +24,6 @@ def on_term(signum: int, frame: object) -> None:
     stop = True
 
 
-
-
 def write(path: Path, text: str) -> None:
     # Whole or not at all: the tests read these files while the worker starts.
     partial = path.with_name(path.name + ".partial")

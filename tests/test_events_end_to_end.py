@@ -63,12 +63,16 @@ def subscribed(server: RedisServer) -> None:
     kombu subscribes at the first poll after the consumer is ready (when the
     exporter reports connected); Redis drops what is published before that.
     """
+    client = server.client()
+
     def count() -> int:
-        client = server.client()
         return (int(client.execute_command("PUBSUB", "NUMPAT"))
                 + len(client.execute_command("PUBSUB", "CHANNELS")))
 
-    wait_for(lambda: count() >= 1, what="the event receiver's subscription")
+    try:
+        wait_for(lambda: count() >= 1, what="the event receiver's subscription")
+    finally:
+        client.close()
 
 
 def tasks(s: Samples, task: str, state: str) -> float:
