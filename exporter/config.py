@@ -175,6 +175,27 @@ def _from_environment(
                 else converted[0])
 
 
+def _events_choice(args: argparse.Namespace, from_cli: set[str]) -> bool | None:
+    """--events / --no-events as one choice, None if neither is set.
+
+    The command line wins over the environment, and the variables can say
+    false: EVENTS=false is off, not "unset".
+    """
+    def one(on: bool | None, off: bool | None, names: str) -> bool | None:
+        if on is not None and off is not None and on == off:
+            raise ConfigError(f"{names}: choose one")
+        if on is not None:
+            return on
+        return None if off is None else not off
+
+    chosen = one(args.events if "events" in from_cli else None,
+                 args.no_events if "no_events" in from_cli else None,
+                 "--events and --no-events")
+    if chosen is not None:
+        return chosen
+    return one(args.events, args.no_events, f"{ENV_PREFIX}EVENTS and {ENV_PREFIX}NO_EVENTS")
+
+
 def _split_queues(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     celery: list[str] = []
     rq: list[str] = []
@@ -244,6 +265,7 @@ def _positive(flag: str, value: float | None) -> None:
 def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterConfig:
     parser = build_parser()
     args = parser.parse_args(list(argv))
+    from_cli = {dest for dest, given in vars(args).items() if given is not None}
     _from_environment(parser, args, environ)
     celery_queues, rq_queues = _split_queues(args.queue or [])
     if args.port is not None and not 0 < args.port < 65536:
@@ -271,17 +293,13 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> ExporterCon
     if amqp and not management_url and not celery_queues:
         raise ConfigError("--queue is required for RabbitMQ without --rabbitmq-management-url "
                           "(passive declares cannot list queues)")
-    if args.events and args.no_events:
-        raise ConfigError("--events and --no-events: choose one")
+    chosen = _events_choice(args, from_cli)
     unix = urlsplit(broker_url).scheme == "unix"
-    if args.events and unix:
+    if chosen and unix:
         raise ConfigError("--events: Celery events need a redis:// or amqp:// --broker-url "
                           "(kombu cannot read a unix:// socket URL)")
-    if args.events or args.no_events:
-        events = bool(args.events)
-    else:
-        # RQ sends no Celery events; a Redis that only RQ uses needs no receiver.
-        events = not unix and not (rq_queues and not celery_queues)
+    # By default, on: RQ sends no Celery events, so a Redis that only RQ uses needs no receiver.
+    events = chosen if chosen is not None else not unix and not (rq_queues and not celery_queues)
     discover = not args.no_discovery
     if not discover and not (celery_queues or rq_queues):
         raise ConfigError("--no-discovery needs at least one --queue")

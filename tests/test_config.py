@@ -140,6 +140,33 @@ def test_events_default_on_unless_only_rq(argv, events):
     assert parse_config(["--broker-url", URL, *argv], {}).events is events
 
 
+@pytest.mark.parametrize(
+    ("argv", "environ", "events"),
+    [
+        ([], {"EVENTS": "false"}, False),  # false means off, not "unset"
+        ([], {"EVENTS": "true"}, True),
+        ([], {"NO_EVENTS": "true"}, False),
+        ([], {"NO_EVENTS": "false"}, True),
+        ([], {"EVENTS": "true", "NO_EVENTS": "false"}, True),
+        (["--queue", "rq:jobs"], {"EVENTS": "true"}, True),
+        # The command line wins over the environment.
+        (["--no-events"], {"EVENTS": "true"}, False),
+        (["--events"], {"NO_EVENTS": "true"}, True),
+    ],
+)
+def test_events_from_the_environment(argv, environ, events):
+    environ = {f"TASKQUEUE_EXPORTER_{k}": v for k, v in environ.items()}
+    assert parse_config(["--broker-url", URL, *argv], environ).events is events
+
+
+def test_contradicting_event_variables_are_refused():
+    environ = {"TASKQUEUE_EXPORTER_EVENTS": "true", "TASKQUEUE_EXPORTER_NO_EVENTS": "true"}
+    with pytest.raises(ConfigError) as raised:
+        parse_config(["--broker-url", URL], environ)
+    assert str(raised.value) == (
+        "TASKQUEUE_EXPORTER_EVENTS and TASKQUEUE_EXPORTER_NO_EVENTS: choose one")
+
+
 def test_events_over_a_unix_socket_are_refused_or_off():
     url = "unix:///run/redis.sock?db=0"
     assert parse_config(["--broker-url", url], {}).events is False
