@@ -58,6 +58,10 @@ class TrackerFeed:
                               event.get("type"))
             self._failed = True
 
+    def resume(self) -> None:
+        with self.lock:
+            self.tracker.resume(self._clock())
+
 
 class EventStream:
     """Receives events in a daemon thread until stop()."""
@@ -68,10 +72,12 @@ class EventStream:
         on_event: Callable[[Mapping[str, Any]], None],
         *,
         shown_url: str,
+        on_connected: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._app = app
         self._on_event = on_event
+        self._on_connected_hook = on_connected
         self._shown_url = shown_url
         self._clock = clock
         self._stop = threading.Event()
@@ -170,6 +176,7 @@ class EventStream:
         self._on_event({})
 
     def _on_connected(self) -> None:
+        self._on_connected_hook()
         self.connected = True
         self.connects += 1
         log.info("event receiver: receiving Celery events from %s", self._shown_url)

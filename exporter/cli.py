@@ -75,8 +75,9 @@ class EventParts:
             max_tracked_tasks=config.max_tracked_tasks,
         ))
         lock = threading.Lock()
-        self.stream = EventStream(app, TrackerFeed(tracker, lock, clock),
-                                  shown_url=redact_url(config.broker_url))
+        feed = TrackerFeed(tracker, lock, clock)
+        self.stream = EventStream(app, feed, shown_url=redact_url(config.broker_url),
+                                  on_connected=feed.resume)
         self.inspector = CeleryInspector(app, tracker, lock, interval=config.inspect_interval,
                                          timeout=config.inspect_timeout, clock=clock)
         self.collector = EventCollector(

@@ -234,6 +234,16 @@ class EventTracker:
             if len(self._queues) < self.options.max_series:
                 self._queues.add(queue)
 
+    def resume(self, now: float) -> None:
+        """The exporter receives again: workers' silence while it could not proves nothing.
+
+        Without this, the first scrape after a reconnect would drop every worker
+        silent through the outage and their running tasks would stop counting as
+        active for good (only task-started attaches a task to a worker).
+        """
+        for worker in self._workers.values():
+            worker.last_seen = max(worker.last_seen, now)
+
     def workers_online(self) -> int:
         return len(self._workers)
 

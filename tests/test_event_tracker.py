@@ -257,6 +257,21 @@ def test_a_worker_silent_only_to_the_exporter_finishes_with_labels() -> None:
     assert s.runtime[("q", "n")].count == 1 and s.tracked_tasks == 0
 
 
+def test_after_a_reconnect_workers_get_a_fresh_heartbeat_window() -> None:
+    t = EventTracker()
+    run(t, (T0, ev("worker-heartbeat", hostname=W1, freq=2.0, active=1)),
+        (T0, ev("task-sent", "a", T0, queue="q", name="n")),
+        (T0, ev("task-started", "a", T0, hostname=W1)))
+    assert t.snapshot(T0 + 30, expire_workers=False).active == {"q": 1}
+    t.resume(T0 + 30)  # connected again: the outage's silence does not count
+    assert t.snapshot(T0 + 30.5).active == {"q": 1}
+    run(t, (T0 + 32, ev("worker-heartbeat", hostname=W1, freq=2.0, active=1)))
+    assert t.snapshot(T0 + 37).active == {"q": 1}
+    # Silent after the reconnect too: gone three intervals after its last heartbeat.
+    s = t.snapshot(T0 + 38.1)
+    assert s.active == {"q": 0} and s.online == ()
+
+
 def test_the_cap_evicts_waiting_ids_before_running_ones() -> None:
     t = EventTracker(TrackerOptions(max_tracked_tasks=10))
     run(t, (T0, ev("worker-heartbeat", hostname=W1, freq=1000.0, active=1)),

@@ -8,6 +8,7 @@ ran; a SIGKILLed worker must drop out within the heartbeat expiry.
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,29 @@ def test_workers_without_task_events_show_by_heartbeat_only(tmp_path: Path) -> N
         worker.stop()
         exporter.stop()
         server.stop()
+
+
+def test_connecting_gives_known_workers_a_fresh_heartbeat_window(redis_server) -> None:
+    from exporter.celery_events import EventStream, TrackerFeed, celery_app
+    from exporter.event_tracker import EventTracker
+
+    t0 = 1_700_000_000.0
+    tracker = EventTracker()
+    # A worker seen running a task before an outage of 30 s (heartbeat every 2 s).
+    for event in ({"type": "worker-heartbeat", "hostname": "w@h", "freq": 2.0, "active": 1},
+                  {"type": "task-sent", "uuid": "a", "queue": Q, "name": "n"},
+                  {"type": "task-started", "uuid": "a", "hostname": "w@h"}):
+        tracker.handle(event, t0)
+    feed = TrackerFeed(tracker, threading.Lock(), clock=lambda: t0 + 30)
+    stream = EventStream(celery_app(redis_server.url, {}, 5.0), feed, shown_url="redis",
+                         on_connected=feed.resume)
+    stream.start()
+    try:
+        wait_for(lambda: stream.connected, what="the receiver connected")
+    finally:
+        stream.stop()
+    # Had the outage's silence counted, the worker and its task would be gone.
+    assert tracker.snapshot(t0 + 30.5).active == {Q: 1}
 
 
 def test_the_receiver_reconnects_after_a_broker_restart(tmp_path: Path) -> None:
