@@ -175,8 +175,7 @@ class CeleryInspector:
         )
 
     def _learn_queues(self, answers: Mapping[str, Any]) -> None:
-        now = self._clock()
         with self._lock:
             for host, answer in answers.items():
-                self._tracker.set_worker_queues(host, queue_names(answer), now)
+                self._tracker.set_worker_queues(host, queue_names(answer))
 

@@ -82,7 +82,7 @@ class EventParts:
                                          timeout=config.inspect_timeout, clock=clock)
         self.collector = EventCollector(
             tracker, lock, stream=self.stream, inspector=self.inspector,
-            task_label=config.task_label, per_worker=config.per_worker_metrics, clock=clock,
+            per_worker=config.per_worker_metrics, clock=clock,
         )
 
     def start(self) -> None:

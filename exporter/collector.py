@@ -138,7 +138,6 @@ class EventCollector(Collector):
         *,
         stream: EventStream | None = None,
         inspector: CeleryInspector | None = None,
-        task_label: bool = True,
         per_worker: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -146,7 +145,6 @@ class EventCollector(Collector):
         self._lock = lock
         self._stream = stream
         self._inspector = inspector
-        self._task_label = task_label
         self._per_worker = per_worker
         self._clock = clock
         self._workers_since: float | None = None
@@ -162,7 +160,7 @@ class EventCollector(Collector):
         with self._lock:
             snapshot = self._tracker.snapshot(now, expire_workers=receiving)
         self._advise(snapshot, now)
-        yield from event_families(snapshot, task_label=self._task_label,
+        yield from event_families(snapshot, task_label=self._tracker.options.task_label,
                                   per_worker=self._per_worker)
         inspecting = self._inspector is not None and self._inspector.interval is not None
         yield from receiver_families(

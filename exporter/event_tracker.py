@@ -19,8 +19,9 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
+
+from exporter.messages import MessageError, parse_iso_time
 
 UNKNOWN = "(unknown)"
 OTHER = "(other)"
@@ -51,11 +52,6 @@ STALE_ACTIVE_FACTOR = 2.0
 # task_send_sent_event, "worker" (heartbeats) from every worker.
 _GROUPS = {"task-sent": "sent", "worker-online": "worker", "worker-heartbeat": "worker",
            "worker-offline": "worker"}
-
-TASK_STATES = (
-    "sent", "received", "started", "succeeded", "failed", "retried", "rejected", "revoked",
-)
-
 
 @dataclass(frozen=True)
 class TrackerOptions:
@@ -149,16 +145,13 @@ class _Worker:
 
 
 def parse_eta(value: Any) -> float | None:
-    """Celery sends an ETA as an ISO 8601 string; a naive one is taken as UTC."""
+    """Celery sends an ETA as an ISO 8601 string (naive = UTC); None if absent or unreadable."""
     if not value or not isinstance(value, str):
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        return parse_iso_time(value)
+    except MessageError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def _sent_late(task: _Task, published: float) -> bool:
@@ -224,7 +217,7 @@ class EventTracker:
         if self._since_sweep >= 10_000:
             self.expire(now, workers=False)
 
-    def set_worker_queues(self, hostname: str, queues: Iterable[str], now: float) -> None:
+    def set_worker_queues(self, hostname: str, queues: Iterable[str]) -> None:
         """The queues a worker consumes, as inspect `active_queues` answered."""
         worker = self._workers.get(hostname)
         if worker is None:

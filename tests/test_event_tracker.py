@@ -195,7 +195,7 @@ def test_without_task_sent_the_queue_comes_from_a_one_queue_worker() -> None:
     t = EventTracker()
     run(t, (T0, ev("worker-online", hostname=W1)),
         (T0, ev("worker-online", hostname="celery@w2")))
-    t.set_worker_queues(W1, ["images"], T0)
+    t.set_worker_queues(W1, ["images"])
     for uuid, worker in (("a", W1), ("b", "celery@w2")):
         run(t, (T0 + 1, ev("task-received", uuid, T0 + 1, name="app.resize", hostname=worker)),
             (T0 + 1, ev("task-started", uuid, T0 + 1, hostname=worker)))
@@ -212,7 +212,7 @@ def test_workers_per_queue_from_inspect_learned_and_unknown() -> None:
     t = EventTracker()
     for host in ("a@h", "b@h", "c@h"):
         run(t, (T0, ev("worker-heartbeat", hostname=host, freq=2.0, active=0)))
-    t.set_worker_queues("a@h", ["emails", "images"], T0)
+    t.set_worker_queues("a@h", ["emails", "images"])
     # b learns "emails" from a task whose task-sent named it.
     run(t, (T0, ev("task-sent", "x", T0, queue="emails", name="n")),
         (T0, ev("task-received", "x", T0, name="n", hostname="b@h")))
@@ -327,7 +327,7 @@ def test_made_up_queue_names_do_not_become_labels_past_the_cap() -> None:
     assert s.active == {"q0": 1, "q1": 1, OTHER: 8}
     assert s.workers == {"q0": 1, "q1": 1}
     # Queues from inspect are held to the same cap.
-    t.set_worker_queues(W1, [f"dq{i}" for i in range(50)], T0)
+    t.set_worker_queues(W1, [f"dq{i}" for i in range(50)])
     assert t.snapshot(T0).workers == {"q0": 0, "q1": 0, OTHER: 1}
     assert {k[0] for k in s.tasks} == {"q0", "q1", OTHER}
 
