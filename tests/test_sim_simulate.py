@@ -176,6 +176,10 @@ def test_cli_table_json_and_plot(tmp_path, capsys):
          "taskqueue-scaler simulate: --slo: must be a duration"),
         (["--workload", "steady:rate=1/s", "--service-time", "1s", "--concurrency", "0"],
          "taskqueue-scaler simulate: --concurrency: must be >= 1 (got 0)"),
+        (["--workload", "steady:rate=1/s", "--service-time", "1s", "--scrape-interval", "0s"],
+         "taskqueue-scaler simulate: --scrape-interval: must be > 0 (got '0s')"),
+        (["--workload", "steady:rate=1/s", "--service-time", "1s", "--initial", "-2"],
+         "taskqueue-scaler simulate: --initial: must be between 0 and the service's max"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):

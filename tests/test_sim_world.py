@@ -106,6 +106,34 @@ def test_requeued_tasks_go_back_oldest_first_and_wait_again():
     assert math.isnan(w.started[0]) and math.isnan(w.started[1])
 
 
+@pytest.mark.parametrize("seed", range(1, 9))
+def test_tasks_of_several_stopped_workers_go_back_in_arrival_order(seed):
+    # ECS picks the victims in any order; the queue stays FIFO across them.
+    w = world([0.0, 1.0, 2.0], [50.0, 50.0, 50.0], initial=3, protection=False, seed=seed)
+    w.advance(5.0)
+    w.set_desired(0)
+    assert (w.requeued, w.depth, w.oldest_age()) == (3, 3, 5.0)
+    w.set_desired(1)
+    w.advance(500.0)
+    assert list(w.started) == [15.0, 65.0, 115.0]
+
+
+def test_a_further_scale_in_leaves_draining_workers_draining():
+    w = world([0.0] * 4, [50.0] * 4, initial=4)
+    w.advance(1.0)
+
+    def draining():
+        return {x.id for x in w.workers if x.state == "draining"}
+
+    w.set_desired(1)
+    assert len(draining()) == 3
+    w.set_desired(2)  # one taken back
+    before = draining()
+    assert len(before) == 2
+    w.set_desired(1)
+    assert len(draining()) == 3 and before <= draining()
+
+
 def test_a_worker_stopped_while_starting_never_works():
     w = world([0.0], [1.0], initial=0, startup=30.0)
     w.set_desired(2)

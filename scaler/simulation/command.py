@@ -105,12 +105,18 @@ def run(args: argparse.Namespace, config: ScalerConfig, out: TextIO | None = Non
         for option in ("duration", "scrape_interval", "rule_interval", "interval", "slo"):
             value = getattr(args, option)
             if value is not None:
+                flag = f"--{option.replace('_', '-')}"
                 try:
                     durations[option] = parse_duration(value)
                 except ValueError as error:
-                    raise WorkloadError(f"--{option.replace('_', '-')}: {error}") from None
+                    raise WorkloadError(f"{flag}: {error}") from None
+                if durations[option] <= 0:
+                    raise WorkloadError(f"{flag}: must be > 0 (got {value!r})")
         if args.concurrency < 1:
             raise WorkloadError(f"--concurrency: must be >= 1 (got {args.concurrency})")
+        if args.initial is not None and not 0 <= args.initial <= service.limits.max:
+            raise WorkloadError(f"--initial: must be between 0 and the service's max "
+                                f"{service.limits.max} (got {args.initial})")
         workload = load_workload(args.workload, seed=args.seed,
                                  duration=durations.get("duration"))
         missing = sum(1 for d in workload.durations if d != d)

@@ -163,20 +163,20 @@ class World:
         elif worker.state == RUNNING:
             heapq.heappush(self._free, wid)
 
-    def _stop(self, worker: Worker) -> None:
-        # ECS stopped it mid-task: the messages go back to the queue's head, oldest
-        # first, and run again from the start on another worker.
-        for task in sorted(worker.tasks, key=lambda t: self.arrivals[t], reverse=True):
+    def _stop(self, worker: Worker) -> list[int]:
+        """Stop it; the tasks it was running, for _requeue."""
+        tasks = list(worker.tasks)
+        for task in tasks:
             self._run[task] += 1
             self.started[task] = math.nan  # its wait goes on until it starts again
             self.busy -= 1
             self.requeued += 1
-            self._queue.appendleft(task)
         worker.tasks.clear()
         worker.state = STOPPED
         worker.stopped_at = self.now
         del self._live[worker.id]
         self._stopped_seconds += self.now - worker.launched
+        return tasks
 
     def _dispatch(self) -> None:
         queue, free, workers = self._queue, self._free, self.workers
@@ -207,7 +207,8 @@ class World:
         live = [w for w in self._live.values() if w.state != DRAINING]
         # Raising the count cancels a scale-in: ECS has not stopped the protected workers
         # it was waiting on, and they keep taking tasks.
-        for worker in [w for w in self._live.values() if w.state == DRAINING][:count - len(live)]:
+        draining = [w for w in self._live.values() if w.state == DRAINING]
+        for worker in draining[:max(0, count - len(live))]:
             worker.state = RUNNING
             heapq.heappush(self._free, worker.id)
             live.append(worker)
@@ -229,11 +230,15 @@ class World:
             running = [w for w in live if w.state == RUNNING]
             self._rng.shuffle(running)  # ECS does not know which workers are busy
             victims = (starting + running)[:excess]
+        stopped: list[int] = []
         for worker in victims:
             if worker.state == RUNNING and worker.tasks and self.protection:
                 worker.state = DRAINING
             else:
-                self._stop(worker)
+                stopped += self._stop(worker)
+        # ECS stopped them mid-task: the messages go back to the queue's head, oldest
+        # first (across all the stopped workers), and run again from the start.
+        self._queue.extendleft(sorted(stopped, key=lambda t: self.arrivals[t], reverse=True))
         self._dispatch()
 
     # ------------------------------------------------------------- readings
