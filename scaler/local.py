@@ -73,6 +73,7 @@ class LocalWorkers:
         self.restarts = 0  # processes that exited unasked and were replaced
         self._closed = False
         self._quick_failures = 0
+        self._last_quick_failure: float | None = None
         self._no_start_before = 0.0
 
     # ---------------------------------------------------------------- the backend's API
@@ -142,7 +143,8 @@ class LocalWorkers:
     def _failed_quickly(self) -> None:
         self._quick_failures += 1
         delay = min(MAX_BACKOFF, 2.0 ** (self._quick_failures - 1))
-        self._no_start_before = self._clock() + delay
+        self._last_quick_failure = self._clock()
+        self._no_start_before = self._last_quick_failure + delay
         log.warning("service=%s: next worker start in %gs (%d quick failures in a row)",
                     self.service, delay, self._quick_failures)
 
@@ -171,7 +173,9 @@ class LocalWorkers:
         return True
 
     def _terminate(self, worker: _Worker) -> None:
-        if worker.stopping_at is not None or worker.process.poll() is not None:
+        # _exited, not poll(): poll() would reap it, and _reap must kill its group
+        # while its pid (the group's id) is still taken.
+        if worker.stopping_at is not None or _exited(worker.process):
             return
         worker.stopping_at = self._clock()
         log.info("service=%s stopping worker %d (pid %d): SIGTERM", self.service,
@@ -182,8 +186,12 @@ class LocalWorkers:
     def _reap(self) -> None:
         now = self._clock()
         for worker in list(self._workers):
-            if worker.stopping_at is None and now - worker.started_at >= QUICK_EXIT:
-                self._quick_failures = 0  # a worker stayed up: the command works
+            # A worker started since the last quick failure stayed up: the command works.
+            # (One that was up before proves nothing about the ones that keep dying.)
+            if (worker.stopping_at is None and now - worker.started_at >= QUICK_EXIT
+                    and (self._last_quick_failure is None
+                         or worker.started_at >= self._last_quick_failure)):
+                self._quick_failures = 0
             if not _exited(worker.process):
                 if (worker.stopping_at is not None
                         and now - worker.stopping_at >= self.backend.stop_timeout):

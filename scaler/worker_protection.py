@@ -218,8 +218,9 @@ def _holding() -> bool:
     """
     from celery.worker import state
 
-    return bool(getattr(state, "reserved_requests", ())) or bool(
-        getattr(state, "active_requests", ()))
+    # Read directly: a Celery without these would otherwise look idle for ever and
+    # protection would be released under a running task.
+    return bool(state.reserved_requests) or bool(state.active_requests)
 
 
 class _CeleryWorker:

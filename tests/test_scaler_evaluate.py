@@ -208,3 +208,32 @@ def test_a_sample_set_answers_each_selector_from_its_own_index():
     assert samples.values((("queue", "a"), ("shard", "2"))) == [2.0]
     assert samples.values((("queue", "b"), ("shard", "1"))) == []  # b has no shard label
     assert samples.values((("queue", "c"),)) == []
+
+
+STARTUP_CONFIG = """
+prometheus: {url: 'http://p:9090'}
+services:
+  - name: w
+    backend: {cluster: c, service: s, region: r}
+    min: 0
+    max: 50
+    rules:
+      - {name: drain, type: drain, query: backlog, throughput: 30/min, drain_within: 100s,
+         startup_delay: 40s}
+"""
+
+
+@pytest.mark.parametrize(
+    ("counts", "workers"),
+    [
+        # 95 tasks, 0.5/s per worker, 100 s: a running worker drains 50, a new one 30.
+        (Counts(desired=3, running=2, pending=1), 2),  # the two running suffice
+        (Counts(desired=3, running=1, pending=2), 3),  # 1 + ceil(45 / 30): pending ones start late
+        (Counts(desired=1, running=3, pending=0), 3),  # two of the three are being stopped
+        (Counts(desired=3, running=0, pending=3), 4),  # ceil(95 / 30)
+    ],
+)
+def test_drain_charges_the_startup_delay_only_to_workers_not_yet_running(counts, workers):
+    service = parse_config(STARTUP_CONFIG, {}).services[0]
+    evaluation = evaluate(service, results({"backlog": [95.0]}), counts)
+    assert evaluation.rules == (RuleOutcome("drain", 95.0, workers),)

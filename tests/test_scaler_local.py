@@ -119,6 +119,37 @@ def test_a_command_that_cannot_start_is_logged_and_counts_nothing(tmp_path, capl
     workers.close()
 
 
+
+def test_a_healthy_worker_does_not_reset_the_backoff_of_ones_that_keep_dying():
+    clock = Clock()
+    # Worker 1 stays up; every later one exits at once (a port clash, say).
+    code = "import sys, time; time.sleep(600) if sys.argv[1] == '1' else sys.exit(3)"
+    backend = LocalBackend(command=(sys.executable, "-c", code, "{worker}"))
+    workers = LocalWorkers("svc", backend, clock=clock)
+
+    def restarts(n: int) -> bool:
+        workers.supervise()
+        return workers.restarts == n
+
+    try:
+        workers.set_desired(2)
+        wait_for(lambda: restarts(1), timeout=10, what="the first exit")  # next start at 1
+        clock.now = 1.0
+        workers.supervise()
+        wait_for(lambda: restarts(2), timeout=10, what="the second exit")  # next at 1 + 2
+        clock.now = 12.0  # worker 1 has been up 12 s
+        workers.supervise()
+        wait_for(lambda: restarts(3), timeout=10, what="the third exit")
+        # The third quick failure in a row waits 4 s, not 1 s.
+        clock.now = 15.9
+        workers.supervise()
+        assert len(workers.pids()) == 1
+        clock.now = 16.0
+        workers.supervise()
+        assert len(workers.pids()) == 2
+    finally:
+        workers.close()
+
 # --------------------------------------------------------------------------- config
 
 LOCAL = """
