@@ -4,8 +4,9 @@
 # Python >= 3.11 with venv; for `test` (the default) also docker-compose (1.29
 # parses and checks docker-compose.yml without a Docker engine) and
 # prometheus-alertmanager (for amtool, which checks the compose stack's
-# Alertmanager config), and it starts an installed RabbitMQ and enables its
-# management plugin. `base` (`make demo`, `make run`) needs only the first three.
+# Alertmanager config), and rabbitmq-server when nothing answers on 127.0.0.1:5672,
+# which it starts, with its management plugin enabled (the RabbitMQ tests need
+# both). `base` (`make demo`, `make run`) needs only the first three.
 # Installs as root on Debian/Ubuntu; otherwise says exactly what to install and fails.
 #
 #   scripts/ensure-system-deps.sh [test|base]
@@ -19,6 +20,9 @@ if [ "$purpose" = test ]; then
   # tests/test_compose.py validates docker-compose.yml and compose/alertmanager.yml with these.
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+  if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+  fi
 fi
 
 python=""
@@ -36,8 +40,7 @@ elif ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 
 # The RabbitMQ reader's management mode, and its tests, need the management
-# plugin. Only an existing RabbitMQ is touched: installing one is the operator's
-# choice. Enabling is idempotent, but rabbitmq-plugins takes seconds to start, so
+# plugin. Enabling is idempotent, but rabbitmq-plugins takes seconds to start, so
 # the plugins file is looked at first.
 enable_rabbitmq_management() {
   command -v rabbitmq-plugins >/dev/null 2>&1 || return 0
@@ -67,22 +70,22 @@ start_rabbitmq() {
   done
   echo "note: rabbitmq-server did not start; the RabbitMQ tests need it" >&2
 }
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing from the OS packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # Only the binaries are needed: the tests and the demo start their own redis-server
+    # and prometheus; RabbitMQ is started below.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "missing: ${missing[*]}" >&2
+    echo "install them with: sudo apt-get install ${missing[*]}  (Python must be 3.11 or newer)" >&2
+    exit 1
+  fi
+fi
+
 if [ "$purpose" = test ]; then
   start_rabbitmq
   enable_rabbitmq_management
 fi
-
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing from the OS packages: ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # Only the binaries are needed: services we need are started by the tests and the demo.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  exit 0
-fi
-
-echo "missing: ${missing[*]}" >&2
-echo "install them with: sudo apt-get install ${missing[*]}  (Python must be 3.11 or newer)" >&2
-exit 1
