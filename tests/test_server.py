@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter import server
+from tests.services import get
 
 
 @pytest.fixture
@@ -27,14 +26,6 @@ def serve() -> Iterator:
     for httpd in started:
         httpd.shutdown()
         httpd.server_close()
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_healthz_follows_the_health_check(serve):
