@@ -134,13 +134,6 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _ticks(step_ms: int) -> Iterator[int]:
-    t = 0
-    while True:
-        yield t
-        t += step_ms
-
-
 def _samples(families: Sequence[Any]) -> Iterator[tuple[SeriesKey, float]]:
     for metric in families:
         for s in metric.samples:

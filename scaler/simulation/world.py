@@ -36,10 +36,8 @@ STARTING, RUNNING, DRAINING, STOPPED = "starting", "running", "draining", "stopp
 class Worker:
     id: int
     launched: float
-    ready_at: float
     state: str = STARTING
     tasks: list[int] = field(default_factory=list)  # indexes of the tasks it runs
-    stopped_at: float | None = None
 
 
 class World:
@@ -135,7 +133,7 @@ class World:
 
     def _launch(self, ready_at: float | None = None) -> None:
         at = self.now + max(0.0, self._startup()) if ready_at is None else ready_at
-        worker = Worker(len(self.workers), self.now, at)
+        worker = Worker(len(self.workers), self.now)
         self.workers.append(worker)
         self._live[worker.id] = worker
         self._push(at, _READY, worker.id)
@@ -173,7 +171,6 @@ class World:
             self.requeued += 1
         worker.tasks.clear()
         worker.state = STOPPED
-        worker.stopped_at = self.now
         del self._live[worker.id]
         self._stopped_seconds += self.now - worker.launched
         return tasks
