@@ -194,10 +194,12 @@ def test_workers_without_task_events_show_by_heartbeat_only(tmp_path: Path) -> N
         wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
                  what="the worker online by heartbeat without -E")
         app.tasks["ev.sleep"].apply_async((0.0,))
-        s = wait_for(lambda: (lambda s: s if tasks(s, "ev.sleep", "sent") == 1 else None)(
-            exporter.scrape()), what="the task-sent event")
+        wait_for(lambda: tasks(exporter.scrape(), "ev.sleep", "sent") == 1,
+                 what="the task-sent event")
         # The worker runs it, silently: no task event follows.
-        wait_for(lambda: not server.client().llen(Q), what="the task taken")
+        client = server.client()
+        wait_for(lambda: not client.llen(Q), what="the task taken")
+        client.close()
         s = exporter.scrape()
         assert value(s, m.LAST_EVENT.name, group="worker") is not None
         # The producer's task-sent arrives; nothing from the worker's side.
