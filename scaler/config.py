@@ -18,6 +18,7 @@ import jinja2
 import jinja2.sandbox
 import yaml
 
+from exporter import metric_names
 from scaler.decision import (
     Behavior,
     Direction,
@@ -34,6 +35,9 @@ T = TypeVar("T")
 RuleKind = Literal["per_worker", "drain", "threshold", "expression"]
 RULE_KINDS: tuple[RuleKind, ...] = ("per_worker", "drain", "threshold", "expression")
 DEFAULT_PORT = 9809
+# Every exporter scraped and read its broker: an exporter that is down has no series
+# (stale), one that cannot read its broker reports 0.
+DEFAULT_HEALTH_QUERY = f"min({metric_names.SCRAPE_SUCCESS.name})"
 # (label, value) pairs a series must carry to be read; () reads every series.
 Selector = tuple[tuple[str, str], ...]
 
@@ -81,6 +85,9 @@ class ServiceConfig:
     activation_query: str | None = None
     scale_down_guard: str | None = None
     match_labels: Selector = ()  # for activation_query and scale_down_guard
+    # Non-zero while the data the rules read can be trusted; without it an empty result
+    # is never read as 0 (on_empty: zero). None: no such check.
+    health_query: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,17 @@ class ScalerConfig:
     listen_address: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     bearer_token_env: str | None = field(default=None, repr=False)
+    restore: RestoreConfig = field(default_factory=lambda: RestoreConfig())
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """Where a starting scaler reads what it decided before: its own series in Prometheus."""
+
+    enabled: bool = True
+    # PromQL label matchers that pick this scaler's own series, when one Prometheus
+    # scrapes several scalers that share service names: 'job="taskqueue-scaler"'.
+    matchers: str = ""
 
 
 # --------------------------------------------------------------------------- values
@@ -355,13 +373,15 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     port = root.get("port", _integer, DEFAULT_PORT)
     if not 0 <= port <= 65535:
         root.error("port", f"must be between 0 and 65535 (got {port})")
+    health = root.get("health_query", _health_query, DEFAULT_HEALTH_QUERY)
+    restore = _restore(root.child("restore"))
     templates = _Templates()
     services: list[ServiceConfig] = []
     nodes = root.items("services")
     if not nodes and "services" not in root.data:
         root.error("services", "required")
     for node in nodes:
-        services.extend(_services(node, templates))
+        services.extend(_services(node, templates, health))
     seen: set[str] = set()
     for service in services:
         if service.name in seen:
@@ -372,7 +392,40 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
         raise ConfigError(errors)
     assert prometheus is not None
     return ScalerConfig(prometheus=prometheus, services=tuple(services), interval=interval,
-                        concurrency=concurrency, listen_address=listen_address, port=port)
+                        concurrency=concurrency, listen_address=listen_address, port=port,
+                        restore=restore or RestoreConfig())
+
+
+def _health_query(value: Any) -> str | None:
+    """A query, or false for none."""
+    if value is False:
+        return None
+    try:
+        return _string(value)
+    except _Invalid:
+        raise _Invalid(f"must be a PromQL query, or false for none (got {_show(value)})") from None
+
+
+_MATCHERS = re.compile(
+    r'^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
+    r'(,\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*)*,?\s*$')
+
+
+def _matchers(value: Any) -> str:
+    text = _string(value)
+    if not _MATCHERS.match(text):
+        raise _Invalid('must be PromQL label matchers like job="taskqueue-scaler" '
+                       f"(got {_show(text)})")
+    return text.strip().rstrip(",")
+
+
+def _restore(node: _Node | None) -> RestoreConfig | None:
+    if node is None:
+        return None
+    enabled = node.get("enabled", _boolean, True)
+    matchers = node.get("matchers", _matchers, "")
+    node.check_unknown()
+    return RestoreConfig(enabled=enabled, matchers=matchers)
 
 
 def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSettings | None:
@@ -432,14 +485,14 @@ def _for_each(value: Any) -> list[dict[str, Any]]:
     return items
 
 
-def _services(node: _Node, templates: _Templates) -> list[ServiceConfig]:
+def _services(node: _Node, templates: _Templates, health: str | None) -> list[ServiceConfig]:
     base = node.get("vars", _variables, {})
     stamps = node.get("for_each", _for_each, [{}]) if "for_each" in node.data else [{}]
     found: list[ServiceConfig] = []
     for stamp in stamps:
         variables = {**base, **stamp}
         rendered = _render_tree(node, variables, templates, stamp_label(stamp))
-        service = _service(rendered)
+        service = _service(rendered, health)
         if service is not None:
             found.append(service)
     return found
@@ -450,7 +503,7 @@ def stamp_label(stamp: Mapping[str, Any]) -> str:
 
 
 _QUERY_KEYS = frozenset({"query", "throughput_query", "arrival_query", "activation_query",
-                         "scale_down_guard"})
+                         "scale_down_guard", "health_query"})
 
 
 def _render_tree(node: _Node, variables: Mapping[str, Any], templates: _Templates,
@@ -483,7 +536,7 @@ def _render_tree(node: _Node, variables: Mapping[str, Any], templates: _Template
     return _Node(data, node.path, node.errors)
 
 
-def _service(node: _Node) -> ServiceConfig | None:
+def _service(node: _Node, health: str | None) -> ServiceConfig | None:
     node.get("vars", lambda v: v, None)
     node.get("for_each", lambda v: v, None)
     name = node.require("name", _string)
@@ -509,6 +562,7 @@ def _service(node: _Node) -> ServiceConfig | None:
     if activation is not None and low not in (0, None):
         node.error("activation_query", f"only applies when min is 0 (min is {low})")
     guard = node.get("scale_down_guard", _string, None)
+    health = node.get("health_query", _health_query, health)
     behavior = _behavior(node.child("behavior"))
     node.check_unknown()
     # A service with errors is dropped here; parse_config reports them all.
@@ -520,7 +574,7 @@ def _service(node: _Node) -> ServiceConfig | None:
         name=name, backend=backend,
         limits=Limits(min=low, max=high, fallback=fallback, failure_threshold=failure_threshold),
         behavior=behavior, rules=rules, activation_query=activation, scale_down_guard=guard,
-        match_labels=selector,
+        match_labels=selector, health_query=health,
     )
 
 

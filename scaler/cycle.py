@@ -14,12 +14,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
-from scaler.decision import Counts, Decision, History, Reason, decide
-from scaler.ecs import BackendError, EcsService, ServiceCounts, describe_many
+from scaler.decision import Counts, Decision, History, Pause, Reason, decide, parse_pause
+from scaler.ecs import PAUSE_TAG, BackendError, EcsService, ServiceCounts, describe_many
 from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
 from scaler.local import LocalBackend, LocalFleet
 from scaler.prometheus import QueryError, Sample
@@ -97,6 +97,24 @@ class Fleet:
         self.local.close()
 
 
+class LeaseStatus(Protocol):
+    held: bool
+    holder: str | None
+    until: float | None
+    error: str | None
+
+
+class Lease(Protocol):
+    """Leave to act, shared by the instances of one config (scaler.lease): only the holder
+    changes services; the others evaluate and export."""
+
+    identity: str
+
+    def hold(self, now: float) -> LeaseStatus: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass
 class ServiceState:
     """What the scaler remembers of a service between cycles, and exports."""
@@ -108,6 +126,10 @@ class ServiceState:
     last_success: float | None = None
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    paused: Pause | None = None
+    # The problems last logged, so that one that persists is logged once, not every cycle.
+    logged_problems: tuple[str, ...] = ()
+    logged_pause: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,20 @@ class Outcome:
     after: int | None
     reason: str
     applied: bool
+    # What went wrong for this service this cycle (could not read, evaluate or set), one
+    # line each; empty when it was evaluated and, if due, changed.
+    problems: tuple[str, ...] = ()
+    # Why a due change was not made on purpose: "dry run", "standby ...", "paused ...".
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    service: ServiceConfig
+    counts: ServiceCounts
+    evaluation: Evaluation | None
+    decision: Decision
+    problems: tuple[str, ...]
 
 
 class Scaler:
@@ -129,6 +165,8 @@ class Scaler:
         clock: Callable[[], float],
         timer: Callable[[], float],
         dry_run: bool = False,
+        histories: Mapping[str, History] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.config = config
         self._query = query
@@ -136,10 +174,16 @@ class Scaler:
         self._clock = clock
         self._timer = timer
         self._dry_run = dry_run
+        self._lease = lease
         self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="query")
         self.lock = threading.Lock()  # held while state changes; the collector reads under it
-        self.states: dict[str, ServiceState] = {s.name: ServiceState() for s in config.services}
+        self.states: dict[str, ServiceState] = {
+            s.name: ServiceState(history=(histories or {}).get(s.name, History()))
+            for s in config.services}
         self.last_duration: float | None = None
+        # None without a lease; else whether this instance held it at the last cycle.
+        self.lease_held: bool | None = None if lease is None else False
+        self._lease_logged: tuple[bool, str | None] | None = None
         # Every distinct query of the config, each once: the config never changes.
         self._queries = list(dict.fromkeys(
             q for s in config.services for q in queries_of(s)))
@@ -153,6 +197,8 @@ class Scaler:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._lease is not None:
+            self._lease.release()
 
     def run_once(self) -> list[Outcome]:
         started = self._timer()
@@ -180,7 +226,10 @@ class Scaler:
                 results[q] = SampleSet(future.result())
             except Exception as error:
                 results[q] = error
-        outcomes = [self._service(s, counts[s.name], results, now) for s in self.config.services]
+        plans = [self._plan(s, counts[s.name], results, now) for s in self.config.services]
+        standby = self._standby(now)
+        outcomes = [self._carry_out(plan, now, standby) if isinstance(plan, _Plan) else plan
+                    for plan in plans]
         ended = self._timer()
         with self.lock:
             self.last_duration = ended - started
@@ -204,76 +253,173 @@ class Scaler:
         return (f"the last evaluation cycle finished {idle:.0f}s ago "
                 f"(interval {self.config.interval:g}s)")
 
-    def _service(self, service: ServiceConfig, read: ServiceCounts | BackendError,
-                 results: Mapping[str, Result], now: float) -> Outcome:
+    def _standby(self, now: float) -> str | None:
+        """Why this instance must not change services this cycle (no lease), or None."""
+        if self._lease is None:
+            return None
+        try:
+            status = self._lease.hold(now)
+            held, holder, error = status.held, status.holder, status.error
+        except Exception as failure:  # hold() never raises; if it does, act as standby
+            held, holder, error = False, None, f"lease: {type(failure).__name__}: {failure}"
+        with self.lock:
+            self.lease_held = held
+        if self._lease_logged != (held, holder if not held else None):
+            self._lease_logged = (held, holder if not held else None)
+            if held:
+                log.info("lease held by this instance (%s): changing services",
+                         self._lease.identity)
+            elif error:
+                log.warning("standby: cannot read or renew the lease (%s): evaluating, "
+                            "changing nothing", error)
+            else:
+                log.info("standby: the lease is held by %s: evaluating, changing nothing",
+                         holder or "another instance")
+        if held:
+            return None
+        return f"standby: lease held by {holder}" if holder else "standby: no lease"
+
+    def _plan(self, service: ServiceConfig, read: ServiceCounts | BackendError,
+              results: Mapping[str, Result], now: float) -> _Plan | Outcome:
         state = self.states[service.name]
         if isinstance(read, BackendError):
             with self.lock:
                 state.errors[f"backend_{read.kind}"] += 1
                 state.decisions[("none", Reason.NO_DATA.value)] += 1
-            log.warning("service=%s backend error kind=%s: %s", service.name, read.kind, read)
-            return Outcome(service.name, None, None, Reason.NO_DATA.value, False)
+            problem = f"cannot read the service, kind={read.kind}: {read}"
+            self._log_problems(service.name, state, (problem,))
+            return Outcome(service.name, None, None, Reason.NO_DATA.value, False, (problem,))
         counts = Counts(read.desired, read.running, read.pending)
-        evaluation = evaluate(service, results, counts)
-        decision = decide(evaluation.inputs, counts, service.limits, service.behavior,
-                          state.history, now)
-        applied, history = False, decision.history
-        if decision.count != counts.desired and not self._dry_run:
-            try:
-                self.fleet.set_desired(service.name, decision.count)
-                applied = True
-            except BackendError as error:
-                with self.lock:
-                    state.errors[f"backend_{error.kind}"] += 1
-                log.warning("service=%s cannot set desired count to %d, kind=%s: %s",
-                            service.name, decision.count, error.kind, error)
-                # Not made: the rate policies must not count it.
-                history = replace(history, changes=state.history.changes)
+        pause, pause_problem = parse_pause(read.pause)
+        try:
+            evaluation: Evaluation | None = evaluate(service, results, counts)
+            assert evaluation is not None
+            decision = decide(evaluation.inputs, counts, service.limits, service.behavior,
+                              state.history, now, pause)
+            problems = tuple(message for _, message in evaluation.errors)
+        except Exception as failure:
+            # A bug or an input nobody foresaw, in one service's arithmetic: that service
+            # holds and counts an error; every other service is evaluated as usual.
+            problem = f"evaluation failed: {type(failure).__name__}: {failure}"
+            if problem not in state.logged_problems:
+                log.error("service=%s held: its evaluation raised; the other services go on",
+                          service.name, exc_info=True)
+            evaluation = None
+            decision = Decision(counts.desired, Reason.NO_DATA, None, state.history,
+                                state.history)
+            problems = (problem,)
+            with self.lock:
+                state.errors["internal"] += 1
+        if pause_problem:
+            problems += (pause_problem,)
         with self.lock:
-            state.history = history
-            state.counts = read
-            state.decision = decision
-            state.evaluation = evaluation
-            for kind, _ in evaluation.errors:
-                state.errors[kind] += 1
-            state.decisions[(decision.direction(counts.desired), decision.reason.value)] += 1
-            if not evaluation.errors:
-                state.last_success = now
-        self._log(service, counts, decision, evaluation, applied)
-        return Outcome(service.name, counts.desired, decision.count, decision.reason.value,
-                       applied)
+            state.paused = pause
+        self._log_pause(service.name, state, pause, read.pause, counts.desired)
+        return _Plan(service, read, evaluation, decision, problems)
 
-    def _log(self, service: ServiceConfig, counts: Counts, decision: Decision,
-             evaluation: Evaluation, applied: bool) -> None:
-        level = logging.INFO if decision.count != counts.desired else logging.DEBUG
-        if evaluation.errors:
-            level = logging.WARNING
+    def _carry_out(self, plan: _Plan, now: float, standby: str | None) -> Outcome:
+        service, decision, state = plan.service, plan.decision, self.states[plan.service.name]
+        current = plan.counts.desired
+        problems, note = plan.problems, None
+        applied = False
+        if decision.count != current:
+            if self._dry_run:
+                note = "dry run"
+            elif standby is not None:
+                note = standby
+            else:
+                try:
+                    self.fleet.set_desired(service.name, decision.count)
+                    applied = True
+                except BackendError as error:
+                    with self.lock:
+                        state.errors[f"backend_{error.kind}"] += 1
+                    problems += (f"cannot set desired count to {decision.count}, "
+                                 f"kind={error.kind}: {error}",)
+        if decision.reason == Reason.PAUSED and note is None:
+            note = "paused"
+        with self.lock:
+            # Not made (refused, dry run, standby): the history must not count it.
+            state.history = decision.kept(applied)
+            state.counts = plan.counts
+            state.decision = decision
+            state.evaluation = plan.evaluation
+            if plan.evaluation is not None:
+                for kind, _ in plan.evaluation.errors:
+                    state.errors[kind] += 1
+            state.decisions[(decision.direction(current), decision.reason.value)] += 1
+            if plan.evaluation is not None and not plan.evaluation.errors:
+                state.last_success = now
+        self._log(service, plan, applied, problems, note)
+        return Outcome(service.name, current, decision.count, decision.reason.value, applied,
+                       problems, note)
+
+    def _log_problems(self, name: str, state: ServiceState, problems: tuple[str, ...]) -> bool:
+        """Logs the service's problems when they differ from the last logged; True if so."""
+        if problems == state.logged_problems:
+            return False
+        if problems:
+            log.warning("service=%s %s", name, "; ".join(problems))
+        else:
+            log.info("service=%s evaluated again without errors", name)
+        state.logged_problems = problems
+        return True
+
+    def _log_pause(self, name: str, state: ServiceState, pause: Pause | None,
+                   tag: str | None, desired: int) -> None:
+        shown = None if pause is None else (tag or "")
+        if shown == state.logged_pause:
+            return
+        state.logged_pause = shown
+        if pause is None:
+            log.info("service=%s resumed: the tag %s is gone or false", name, PAUSE_TAG)
+        else:
+            where = f"at {pause.count}" if pause.count is not None else f"where it is ({desired})"
+            log.info("service=%s paused by the tag %s=%s: held %s, rules still evaluated",
+                     name, PAUSE_TAG, tag, where)
+
+    def _log(self, service: ServiceConfig, plan: _Plan, applied: bool,
+             problems: tuple[str, ...], note: str | None) -> None:
+        counts, decision, evaluation = plan.counts, plan.decision, plan.evaluation
+        changed = decision.count != counts.desired
+        # A problem that persists is logged when it starts and when it ends, not every cycle.
+        logged_now = self._log_problems(service.name, self.states[service.name], problems)
+        level = logging.INFO if changed else logging.DEBUG
         if not log.isEnabledFor(level):
             return  # unchanged services, every cycle: skip building the line
         rules = " ".join(
-            f"{o.rule}={_show(o.value)}->{_show(o.recommendation)}" for o in evaluation.rules
+            f"{o.rule}={_show(o.value)}->{_show(o.recommendation)}"
+            for o in (evaluation.rules if evaluation is not None else ())
         )
-        errors = "; ".join(message for _, message in evaluation.errors)
+        errors = "; ".join(problems) if problems and not logged_now else ""
         log.log(
             level,
             "service=%s desired=%d running=%d pending=%d new=%d reason=%s direction=%s "
-            "applied=%s dry_run=%s rules=[%s]%s",
+            "applied=%s dry_run=%s rules=[%s]%s%s",
             service.name, counts.desired, counts.running, counts.pending, decision.count,
             decision.reason.value, decision.direction(counts.desired), str(applied).lower(),
             str(self._dry_run).lower(), rules, f" errors=[{errors}]" if errors else "",
+            f" note=[{note}]" if note and note != "dry run" else "",
         )
 
-    def run(self, stop: threading.Event, once: bool = False) -> None:
-        """Evaluate every `interval` until `stop` is set; it is checked between cycles."""
+    def run(self, stop: threading.Event, once: bool = False) -> list[Outcome] | None:
+        """Evaluate every `interval` until `stop` is set; it is checked between cycles.
+
+        Returns the last cycle's outcomes (None if it failed as a whole): with `once`, what
+        the one evaluation did to each service.
+        """
+        outcomes: list[Outcome] | None = None
         while not stop.is_set():
             started = self._timer()
             try:
-                self.run_once()
+                outcomes = self.run_once()
             except Exception:
                 log.exception("evaluation cycle failed")
+                outcomes = None
             if once:
-                return
+                break
             stop.wait(max(0.0, self.config.interval - (self._timer() - started)))
+        return outcomes
 
 
 def _show(value: float | int | None) -> str:

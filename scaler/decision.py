@@ -6,6 +6,11 @@ highest recommendation in the scale-down window wins, the lowest in the
 scale-up window), rate policies over a period, then min/max. Every decision
 carries a reason code. No clock, no I/O: `now` and the history are passed in,
 and the next history is returned with the decision.
+
+The history holds what really happened to the service, whoever did it: a desired
+count read that differs from the one last seen or set was changed by someone else
+(a person, another tool), and counts as a change for the rate policies and as a
+recommendation for the scale-down window, as if the scaler had made it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class Reason(StrEnum):
     NO_DATA = "NoData"
     GUARDED = "Guarded"
     FALLBACK = "Fallback"
+    PAUSED = "Paused"
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,23 @@ class History:
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, recommendation)
     changes: tuple[tuple[float, int], ...] = ()  # (time, new count - old count)
     failures: int = 0  # consecutive evaluations with a failed rule
+    # The desired count last read or set; None before the first read.
+    desired: int | None = None
+    # (time, count) set by someone else: the scale-down window keeps them as it keeps
+    # recommendations, so a manual raise lasts at least one window. The scale-up window
+    # does not: a manual cut must not stop the rules from asking for more.
+    external: tuple[tuple[float, int], ...] = ()
+    # (until, count): no scale-down below count before until. A scaler that starts with
+    # no history of a service holds its first-read count for one scale-down window
+    # (count None until that first read).
+    hold: tuple[float, int | None] | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The service is out of the scaler's hands: held at `count`, or where it is (None)."""
+
+    count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,21 +133,110 @@ class Decision:
     count: int
     reason: Reason
     recommendation: int | None  # the rules' (after activation and tolerance), before windows
-    history: History
+    history: History  # the next history if the count is applied
+    observed: History  # ... and if it is not (a dry run, a standby, a refused update)
 
     def direction(self, current: int) -> str:
         if self.count > current:
             return "up"
         return "down" if self.count < current else "none"
 
+    def kept(self, applied: bool) -> History:
+        """The history to carry to the next evaluation."""
+        return self.history if applied else self.observed
+
+
+# The most a pause tag may ask for: ECS runs at most 5,000 tasks in one service.
+MAX_PAUSE_COUNT = 5000
+
+
+def parse_pause(tag: str | None) -> tuple[Pause | None, str | None]:
+    """The pause a service's tag value asks for, and a problem with the value, if any.
+
+    No tag, "" or "false": not paused. "true": held where it is. A whole number: held at
+    that count. Anything else still pauses (the operator meant to take the service out
+    of the scaler's hands), held where it is, with a problem to report.
+    """
+    if tag is None:
+        return None, None
+    text = tag.strip().lower()
+    if text in ("", "false"):
+        return None, None
+    if text == "true":
+        return Pause(), None
+    if text.isdigit() and int(text) <= MAX_PAUSE_COUNT:
+        return Pause(int(text)), None
+    return Pause(), (f"pause tag value {tag[:40]!r} is neither true, false nor a count from 0 "
+                     f"to {MAX_PAUSE_COUNT}: held where it is")
+
+
+def restart_history(now: float, behavior: Behavior) -> History:
+    """The history of a service the scaler knows nothing about: no scale-down for one
+    scale-down window from `now`, at whatever count the first read finds."""
+    return History(hold=(now + behavior.scale_down.stabilization_window, None))
+
+
+def observe(history: History, desired: int, now: float) -> History:
+    """The history after reading the service's desired count: a count other than the one
+    last seen or set was changed by someone else, and is recorded as a change (for the
+    rate policies) and for the scale-down window, as if the scaler had made it."""
+    if history.hold is not None and history.hold[1] is None:
+        history = replace(history, hold=(history.hold[0], desired))
+    if history.desired is None or history.desired == desired:
+        return replace(history, desired=desired)
+    return replace(
+        history, desired=desired,
+        changes=(*history.changes, (now, desired - history.desired)),
+        external=(*history.external, (now, desired)),
+    )
+
 
 def decide(
+    inputs: Inputs, counts: Counts, limits: Limits, behavior: Behavior, history: History,
+    now: float, pause: Pause | None = None,
+) -> Decision:
+    history = _pruned(observe(history, counts.desired, now), behavior, now)
+    decision = _decide(inputs, counts, limits, behavior, history, now)
+    if pause is None:
+        return decision
+    # Paused: the rules are still evaluated and recorded (the windows stay warm for the
+    # resume), but the count is the operator's.
+    count = counts.desired if pause.count is None else pause.count
+    return _made(count, Reason.PAUSED, decision.recommendation, decision.observed,
+                 counts.desired, now)
+
+
+def _made(count: int, reason: Reason, recommendation: int | None, observed: History,
+          current: int, now: float) -> Decision:
+    applied = observed
+    if count != current:
+        applied = replace(observed, desired=count,
+                          changes=(*observed.changes, (now, count - current)))
+    return Decision(count, reason, recommendation, applied, observed)
+
+
+def _pruned(history: History, behavior: Behavior, now: float) -> History:
+    window = max(behavior.scale_up.stabilization_window, behavior.scale_down.stabilization_window)
+    period = max((p.period for d in (behavior.scale_up, behavior.scale_down)
+                  for p in d.policies), default=0.0)
+    hold = history.hold if history.hold is None or history.hold[0] > now else None
+    return replace(
+        history,
+        recommendations=tuple((t, r) for t, r in history.recommendations if t > now - window),
+        external=tuple((t, r) for t, r in history.external
+                       if t > now - behavior.scale_down.stabilization_window or t == now),
+        changes=tuple((t, d) for t, d in history.changes if t > now - period),
+        hold=hold,
+    )
+
+
+def _decide(
     inputs: Inputs, counts: Counts, limits: Limits, behavior: Behavior, history: History,
     now: float,
 ) -> Decision:
     current = counts.desired
     if inputs.failed or not inputs.recommendations:
-        return _on_failure(current, limits, history)
+        return _on_failure(current, limits, history, now)
     history = replace(history, failures=0)
 
     raw = max(inputs.recommendations)
@@ -134,9 +246,8 @@ def decide(
     if current > 0 and abs(raw - current) / current <= behavior.tolerance:
         raw = current
 
-    window = max(behavior.scale_up.stabilization_window, behavior.scale_down.stabilization_window)
-    recent = (*((t, r) for t, r in history.recommendations if t > now - window), (now, raw))
-    wanted = _stabilized(recent, behavior, current, now)
+    history = replace(history, recommendations=(*history.recommendations, (now, raw)))
+    wanted = _stabilized(history, behavior, current, now)
 
     limited = False
     if wanted > current:
@@ -159,35 +270,32 @@ def decide(
             new, guarded = held, held == current
 
     reason = _reason(current, new, raw, wanted, limited, guarded, limits)
-    period = max((p.period for d in (behavior.scale_up, behavior.scale_down)
-                  for p in d.policies), default=0.0)
-    changes = tuple((t, d) for t, d in history.changes if t > now - period)
-    if new != current:
-        changes += ((now, new - current),)
-    return Decision(new, reason, raw, History(recent, changes, 0))
+    return _made(new, reason, raw, history, current, now)
 
 
-def _on_failure(current: int, limits: Limits, history: History) -> Decision:
+def _on_failure(current: int, limits: Limits, history: History, now: float) -> Decision:
     failures = history.failures + 1
     history = replace(history, failures=failures)
     # Missing data never scales anything down, but `min` is a floor whatever the data: a
     # service found below it (a new ECS service at 0, a local backend starting) rises.
     floor = max(current, limits.min)
     if limits.fallback is not None and failures >= limits.failure_threshold:
-        return Decision(min(max(floor, limits.fallback), limits.max), Reason.FALLBACK, None,
-                        history)
-    return Decision(floor, Reason.NO_DATA, None, history)
+        return _made(min(max(floor, limits.fallback), limits.max), Reason.FALLBACK, None,
+                     history, current, now)
+    return _made(floor, Reason.NO_DATA, None, history, current, now)
 
 
-def _stabilized(
-    recent: tuple[tuple[float, int], ...], behavior: Behavior, current: int, now: float
-) -> int:
+def _stabilized(history: History, behavior: Behavior, current: int, now: float) -> int:
+    recent = history.recommendations
     up_window = behavior.scale_up.stabilization_window
     down_window = behavior.scale_down.stabilization_window
     # Scale up only to what every recommendation in the up window agrees on,
     # down only to the highest of the down window.
     up = min(r for t, r in recent if t > now - up_window or t == now)
-    down = max(r for t, r in recent if t > now - down_window or t == now)
+    down = max(r for t, r in (*recent, *history.external)
+               if t > now - down_window or t == now)
+    if history.hold is not None and history.hold[1] is not None:
+        down = max(down, history.hold[1])
     if up > current:
         return up
     if down < current:
@@ -204,13 +312,19 @@ def _up_limit(
         return _UNLIMITED
     limits = []
     for p in direction.policies:
-        added = sum(d for t, d in changes if d > 0 and t > now - p.period)
-        start = current - added
+        start = _period_start(current, changes, now, p.period)
         if p.type == "workers":
             limits.append(start + math.floor(p.value))
         else:
             limits.append(math.ceil(start * (1 + p.value / 100)))
     return max(limits) if direction.select == "max" else min(limits)
+
+
+def _period_start(current: int, changes: tuple[tuple[float, int], ...], now: float,
+                  period: float) -> int:
+    # The count the service had when the period began: every change in it undone, ups and
+    # downs, the scaler's and anyone else's (as the HPA counts both directions).
+    return max(0, current - sum(d for t, d in changes if t > now - period))
 
 
 def _down_limit(
@@ -222,8 +336,7 @@ def _down_limit(
         return 0
     limits = []
     for p in direction.policies:
-        removed = -sum(d for t, d in changes if d < 0 and t > now - p.period)
-        start = current + removed
+        start = _period_start(current, changes, now, p.period)
         if p.type == "workers":
             limits.append(start - math.floor(p.value))
         else:

@@ -24,7 +24,11 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-Kind = Literal["throttled", "denied", "not_found", "unreachable", "other"]
+Kind = Literal["throttled", "denied", "no_credentials", "not_found", "unreachable", "other"]
+
+# An ECS service tag that takes the service out of the scaler's hands: "true" holds it
+# where it is, a whole number holds it at that count (as KEDA's paused-replicas).
+PAUSE_TAG: Final = "taskqueue-autoscaler:paused"
 
 # DescribeServices rejects more than 10 services in one call.
 DESCRIBE_BATCH: Final = 10
@@ -96,7 +100,8 @@ def _scrub(text: str) -> str:
 class BackendError(Exception):
     """A failed ECS call for one service.
 
-    `kind` is one of "throttled", "denied", "not_found", "unreachable", "other"; `code` is
+    `kind` is one of "throttled", "denied", "no_credentials", "not_found", "unreachable",
+    "other"; `code` is
     the AWS error code or botocore exception name, for logs and metrics labels.
     """
 
@@ -117,6 +122,8 @@ class ServiceCounts:
     desired: int
     running: int
     pending: int
+    # The value of the service's PAUSE_TAG, None without one.
+    pause: str | None = None
 
 
 def ecs_client(
@@ -168,7 +175,11 @@ def _translate(error: Exception, service: str, action: str) -> BackendError:
     if isinstance(error, BotoConnectionError | HTTPClientError):
         kind = "unreachable"
     elif isinstance(error, NoCredentialsError | PartialCredentialsError):
-        kind = "denied"
+        return BackendError(
+            "no_credentials", service,
+            f"{action} failed: no AWS credentials found ({code}): give the scaler's ECS task "
+            "a task role, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+            code)
     else:
         kind = "other"
     return BackendError(kind, service, f"{action} failed: {code}: {error}", code)
@@ -192,10 +203,14 @@ def _counts_of(described: dict[str, Any], name: str) -> ServiceCounts:
         # An INACTIVE (deleted) or DRAINING service still answers DescribeServices, but
         # scaling it is pointless: to the scaler it is gone.
         raise BackendError("not_found", name, f"service status is {status or 'unknown'}", status)
+    tags = described.get("tags") or []
+    pause = next((str(t.get("value", "")) for t in tags
+                  if isinstance(t, dict) and t.get("key") == PAUSE_TAG), None)
     return ServiceCounts(
         desired=int(described.get("desiredCount", 0)),
         running=int(described.get("runningCount", 0)),
         pending=int(described.get("pendingCount", 0)),
+        pause=pause,
     )
 
 
@@ -286,7 +301,8 @@ def describe_many(
             response = _call(
                 f"{cluster}/{batch[0]}",
                 "DescribeServices",
-                lambda: client.describe_services(cluster=cluster, services=batch),
+                lambda: client.describe_services(cluster=cluster, services=batch,
+                                                 include=["TAGS"]),
             )
         except BackendError as error:
             if error.kind != "other":

@@ -84,7 +84,36 @@ def queries_of(service: ServiceConfig) -> list[str]:
     for rule in service.rules:
         found += [q for q in (rule.query, rule.throughput_query, rule.arrival_query) if q]
     found += [q for q in (service.activation_query, service.scale_down_guard) if q]
+    if _reads_zero(service) and service.health_query:
+        found.append(service.health_query)
     return list(dict.fromkeys(found))
+
+
+def _reads_zero(service: ServiceConfig) -> bool:
+    # Only an empty result read as 0 needs the health query: it is sent for those alone.
+    return any(rule.on_empty == "zero" for rule in service.rules)
+
+
+def _unhealthy(service: ServiceConfig, results: Mapping[str, Result]) -> str | None:
+    """Why the service's data source is not known to be healthy, or None when it is.
+
+    Healthy: the health query returned at least one series, and every one of them is a
+    number other than 0 (by default: every exporter scraped and read its broker). An
+    exporter that is down has no series at all (Prometheus marks its series stale), one
+    that cannot read its broker reports 0.
+    """
+    query = service.health_query
+    if query is None or not _reads_zero(service):
+        return None
+    result = results.get(query)
+    if result is None or isinstance(result, Exception):
+        return f"health_query could not be read ({result or 'not run'})"
+    values = [sample.value for sample in result.samples]
+    if not values:
+        return f"health_query returned no series ({query})"
+    if any(math.isnan(v) or v == 0 for v in values):
+        return f"health_query is 0 ({query})"
+    return None
 
 
 @functools.cache  # selectors are few and fixed by the config; this runs every evaluation
@@ -109,24 +138,32 @@ def _selected(results: Mapping[str, Result], query: str, selector: Selector) -> 
     return result.values(selector)
 
 
-def _value(results: Mapping[str, Result], query: str, rule: RuleConfig) -> float:
+def _value(results: Mapping[str, Result], query: str, rule: RuleConfig,
+           unhealthy: str | None) -> float:
     values = _selected(results, query, rule.match_labels)
     # Name the selector: with one query for many services, "no series" most often
     # means this service's label value is missing from the result.
     where = f" matching {_show_selector(rule.match_labels)}" if rule.match_labels else ""
-    return reduce_result(values, rule.aggregate, rule.on_empty, where)
+    refused = unhealthy
+    result = results[query]
+    if refused is None and rule.match_labels and isinstance(result, SampleSet) and not (
+            result.samples):
+        # A grouped query with no series for any service: the source is gone, not a queue.
+        refused = "the query returned no series for any service"
+    return reduce_result(values, rule.aggregate, rule.on_empty, where, refused)
 
 
-def _rule(rule: RuleConfig, results: Mapping[str, Result], counts: Counts) -> RuleOutcome:
+def _rule(rule: RuleConfig, results: Mapping[str, Result], counts: Counts,
+          unhealthy: str | None) -> RuleOutcome:
     try:
-        value = _value(results, rule.query, rule)
+        value = _value(results, rule.query, rule, unhealthy)
         if isinstance(rule.rule, Drain):
             throughput = rule.throughput
             if rule.throughput_query is not None:
-                throughput = _value(results, rule.throughput_query, rule)
+                throughput = _value(results, rule.throughput_query, rule, unhealthy)
             arrival = 0.0
             if rule.arrival_query is not None:
-                arrival = _value(results, rule.arrival_query, rule)
+                arrival = _value(results, rule.arrival_query, rule, unhealthy)
             assert throughput is not None
             # Workers being stopped (desired below running) will not help drain.
             running = min(counts.running, counts.desired)
@@ -145,7 +182,8 @@ def _truth(results: Mapping[str, Result], query: str, selector: Selector) -> boo
 
 
 def evaluate(service: ServiceConfig, results: Mapping[str, Result], counts: Counts) -> Evaluation:
-    outcomes = tuple(_rule(rule, results, counts) for rule in service.rules)
+    unhealthy = _unhealthy(service, results)
+    outcomes = tuple(_rule(rule, results, counts, unhealthy) for rule in service.rules)
     errors = [(o.error_kind, o.error) for o in outcomes if o.error_kind and o.error]
     failed = bool(errors)
     activation: bool | None = None

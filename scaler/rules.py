@@ -25,17 +25,24 @@ class RuleError(ValueError):
 
 
 def reduce_result(values: Sequence[float], aggregate: Aggregate | None, on_empty: OnEmpty,
-                  where: str = "") -> float:
-    """One number from a query's values; `where` says which series were read, if not all."""
+                  where: str = "", zero_refused: str | None = None) -> float:
+    """One number from a query's values; `where` says which series were read, if not all.
+
+    `zero_refused` says why an empty result may not be read as 0 even with on_empty: zero
+    (the data source is not known to be healthy): it then holds, as missing data does.
+    """
     if not values:
-        if on_empty == "zero":
+        if on_empty == "zero" and zero_refused is None:
             return 0.0
-        raise RuleError("no_data", f"query returned no series{where}")
+        why = f"; on_empty: zero does not apply: {zero_refused}" if on_empty == "zero" else ""
+        raise RuleError("no_data", f"query returned no series{where}{why}")
     if len(values) > 1 and aggregate is None:
-        raise RuleError(
-            "several_series",
-            f"query returned {len(values)} series{where}; set aggregate: sum or max, or narrow it",
-        )
+        if where:
+            advice = "narrow the query (several jobs or instances?) or set aggregate: sum or max"
+        else:
+            advice = ("set match_labels (e.g. {queue: \"...\"}, with `by (queue)` in the "
+                      "query) so the service reads its own series, or aggregate: sum or max")
+        raise RuleError("several_series", f"query returned {len(values)} series{where}; {advice}")
     for v in values:
         if not math.isfinite(v):
             raise RuleError("not_finite", f"query returned {v}")
@@ -86,8 +93,8 @@ class Drain:
         existing = max(0, running) * throughput * self.within
         if work <= existing:
             return _count(work / (throughput * self.within))
-        return max(0, running) + _count(
-            (work - existing) / (throughput * (self.within - self.startup)))
+        return min(MAX_RECOMMENDATION, max(0, running) + _count(
+            (work - existing) / (throughput * (self.within - self.startup))))
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class Threshold:
             if pending > 0:
                 return current
             if self.factor is not None:
-                return max(current + 1, math.ceil(current * self.factor))
+                return max(current + 1, _count(current * self.factor))
             return current + self.step
         if self.below is not None and value < self.below:
             if self.factor is not None:
@@ -126,6 +133,14 @@ class Expression:
         return _count(value)
 
 
+# No service runs more workers than this (ECS: 5,000 tasks per service); a larger
+# recommendation means "as many as allowed", and stays an int every float can hold.
+MAX_RECOMMENDATION = 1_000_000
+
+
 def _count(x: float) -> int:
+    if not math.isfinite(x):
+        # 1e308 per worker at target 0.1: the arithmetic overflows, the value is no count.
+        raise RuleError("not_finite", f"the rule's arithmetic gave {x} workers")
     # 4.0000000001 workers is 4: floating-point noise must not buy a worker.
-    return max(0, math.ceil(round(x, 9)))
+    return min(MAX_RECOMMENDATION, max(0, math.ceil(round(x, 9))))

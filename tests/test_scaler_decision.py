@@ -12,11 +12,14 @@ from scaler.decision import (
     History,
     Inputs,
     Limits,
+    Pause,
     Policy,
     Reason,
     decide,
     default_scale_down,
     default_scale_up,
+    parse_pause,
+    restart_history,
 )
 
 DEFAULT = Behavior(default_scale_up(), default_scale_down())
@@ -238,3 +241,116 @@ def test_direction_labels():
     decision = one(5, 2)
     assert (decision.direction(2), decision.direction(5), decision.direction(9)) == (
         "up", "none", "down")
+
+
+# --- what really happened to the service, whoever did it ------------------------------------
+
+WIDE = Limits(1, 20)
+UP_ONE_PER_MINUTE = Behavior(Direction(0, (Policy("workers", 1, 60),)),
+                             Direction(300, (Policy("percent", 100, 15),)), tolerance=0.0)
+
+
+def run(steps, behavior=UP_ONE_PER_MINUTE, limits=WIDE, history=None):
+    """Decides at each (t, recommendation, desired read); returns (count, reason) and the
+    history. `desired` None: the service is where the last decision left it."""
+    history = history or History()
+    seen, current = [], None
+    for t, recommendation, desired in steps:
+        current = desired if desired is not None else current
+        decision = decide(Inputs((recommendation,)), Counts(current, current, 0), limits,
+                          behavior, history, float(t))
+        seen.append((decision.count, decision.reason))
+        history, current = decision.history, decision.count
+    return seen, history
+
+
+def test_a_manual_raise_is_held_for_the_scale_down_window_as_a_recommendation():
+    seen, history = run([(0, 2, 2), (30, 2, 8), (60, 2, None), (329, 2, None), (331, 2, None)])
+    assert seen == [(2, Reason.HOLD), (8, Reason.SCALE_DOWN_STABILIZED),
+                    (8, Reason.SCALE_DOWN_STABILIZED), (8, Reason.SCALE_DOWN_STABILIZED),
+                    (2, Reason.SCALE_DOWN)]
+    assert history.desired == 2
+
+
+def test_rate_policies_count_a_manual_cut_so_the_service_climbs_back():
+    # The scaler takes 1 -> 2 at t=0 (+1 per minute). Someone cuts to 1 at t=10. At t=20
+    # the rules want 4: one worker more than the count at the period's start (1) is 2,
+    # at once; without counting the cut, the scaler's own +1 would have held it at 1.
+    seen, history = run([(0, 2, 1), (10, 4, 1), (20, 4, None), (61, 4, None)])
+    assert seen == [(2, Reason.SCALE_UP), (2, Reason.SCALE_UP_LIMITED),
+                    (2, Reason.SCALE_UP_LIMITED), (3, Reason.SCALE_UP_LIMITED)]
+    assert history.changes == ((10.0, -1), (10.0, 1), (61.0, 1))
+
+
+def test_a_manual_cut_after_scaler_steps_leaves_room_for_the_steps_undone():
+    # +3 per minute: the scaler steps 1 -> 4; someone cuts to 2; the rules still want 4:
+    # the period started at 1, so 4 is allowed at once (not 2: the cut is counted too).
+    behavior = Behavior(Direction(0, (Policy("workers", 3, 60),)), Direction(0, ()), 0.0)
+    seen, _ = run([(0, 4, 1), (10, 4, 2)], behavior=behavior)
+    assert seen == [(4, Reason.SCALE_UP), (4, Reason.SCALE_UP)]
+
+
+def test_a_refused_or_dry_run_change_is_not_remembered_as_made():
+    decision = decide(Inputs((6,)), Counts(2, 2, 0), LIMITS, DEFAULT, History(desired=2), 5.0)
+    assert decision.count == 6
+    assert decision.kept(True).changes == ((5.0, 4),) and decision.kept(True).desired == 6
+    assert decision.kept(False).changes == () and decision.kept(False).desired == 2
+    # Both remember the recommendation: the windows see what the rules said either way.
+    assert decision.kept(False).recommendations == ((5.0, 6),)
+
+
+def test_a_change_read_for_the_first_time_is_not_taken_for_someone_elses():
+    decision = decide(Inputs((3,)), Counts(3, 3, 0), LIMITS, DEFAULT, History(), 0.0)
+    assert decision.history.changes == () and decision.history.desired == 3
+
+
+# --- a scaler that starts without history -----------------------------------------------------
+
+
+def test_a_restart_without_history_holds_the_first_count_read_for_one_scale_down_window():
+    history = restart_history(1000.0, UP_ONE_PER_MINUTE)  # scale-down window 300 s
+    seen, _ = run([(1004, 1, 5), (1100, 1, None), (1299, 1, None), (1301, 1, None),
+                   (1302, 7, None)], history=history)
+    assert seen == [(5, Reason.SCALE_DOWN_STABILIZED), (5, Reason.SCALE_DOWN_STABILIZED),
+                    (5, Reason.SCALE_DOWN_STABILIZED), (1, Reason.SCALE_DOWN),
+                    (6, Reason.SCALE_UP_LIMITED)]  # the period started at 5: +1 from there
+
+
+def test_a_restart_without_history_does_not_hold_a_scale_up():
+    history = restart_history(1000.0, DEFAULT)
+    seen, _ = run([(1004, 9, 5)], behavior=DEFAULT, history=history)
+    assert seen == [(9, Reason.SCALE_UP)]
+
+
+# --- paused ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tag", "pause", "problem"), [
+    (None, None, None), ("", None, None), ("false", None, None), (" FALSE ", None, None),
+    ("true", Pause(), None), ("True", Pause(), None), ("0", Pause(0), None),
+    ("12", Pause(12), None), ("5000", Pause(5000), None),
+    ("5001", Pause(), "pause tag value '5001' is neither true, false nor a count from 0 to "
+                      "5000: held where it is"),
+    ("-3", Pause(), "pause tag value '-3' is neither true, false nor a count from 0 to 5000: "
+                    "held where it is"),
+    ("yes please", Pause(), "pause tag value 'yes please' is neither true, false nor a count "
+                            "from 0 to 5000: held where it is"),
+])
+def test_pause_tag_values(tag, pause, problem):
+    assert parse_pause(tag) == (pause, problem)
+
+
+def test_a_paused_service_is_held_where_it_is_or_at_its_count_whatever_the_rules_say():
+    held = decide(Inputs((9,)), Counts(3, 3, 0), LIMITS, DEFAULT, History(desired=3), 0.0,
+                  Pause())
+    assert (held.count, held.reason, held.recommendation) == (3, Reason.PAUSED, 9)
+    at = decide(Inputs((9,)), Counts(3, 3, 0), LIMITS, DEFAULT, History(desired=3), 0.0,
+                Pause(0))
+    assert (at.count, at.reason) == (0, Reason.PAUSED)  # below min: the operator's word
+    assert at.history.changes == ((0.0, -3),)
+    # Failed rules do not change that either.
+    failed = decide(Inputs((), failed=True), Counts(3, 3, 0), Limits(1, 10, fallback=6,
+                    failure_threshold=1), DEFAULT, History(), 0.0, Pause())
+    assert (failed.count, failed.reason) == (3, Reason.PAUSED)
+    # The rules' recommendations keep the windows warm for the resume.
+    assert held.history.recommendations == ((0.0, 9),)

@@ -186,7 +186,8 @@ class MeetingClient:
         self.calls: list[list[str]] = []
         self.lock = threading.Lock()
 
-    def describe_services(self, cluster: str, services: list[str]) -> dict[str, Any]:
+    def describe_services(self, cluster: str, services: list[str],
+                          include: list[str] | None = None) -> dict[str, Any]:
         with self.lock:
             self.calls.append(services)
         if self.fail_with is not None:
@@ -347,7 +348,7 @@ def test_throttled_describe_many_stops_and_marks_the_rest(
             ],
             "failures": [],
         },
-        {"cluster": CLUSTER, "services": names[:10]},
+        {"cluster": CLUSTER, "services": names[:10], "include": ["TAGS"]},
     )
     stubber.add_client_error("describe_services", service_error_code="ThrottlingException")
 

@@ -64,7 +64,9 @@ def test_every_rule_recommends():
         ("backlog", [], "no_data", "rule backlog: query returned no series"),
         ("backlog", [math.nan], "not_finite", "rule backlog: query returned nan"),
         ("age", [1.0, 2.0], "several_series",
-         "rule age: query returned 2 series; set aggregate: sum or max, or narrow it"),
+         'rule age: query returned 2 series; set match_labels (e.g. {queue: "..."}, with '
+         "`by (queue)` in the query) so the service reads its own series, or aggregate: "
+         "sum or max"),
         ("throughput", [0.0], "bad_value", "rule drain: throughput must be > 0 (got 0)"),
     ],
 )
@@ -111,12 +113,14 @@ services:
       - {name: age, type: threshold, query: age, above: 60, match_labels: {queue: c},
          on_empty: zero}
 """
+HEALTH = "min(taskqueue_exporter_scrape_success)"
 BY_QUEUE = {q: SampleSet(samples) for q, samples in {
     "sum by (queue) (backlog)": [Sample({"queue": "a"}, 45.0), Sample({"queue": "b"}, 5.0),
                                  Sample({"queue": 'we"ird'}, 101.0)],
     "sum by (queue) (waiting)": [Sample({"queue": "a"}, 1.0), Sample({"queue": "b"}, 0.0)],
     "fleet_floor": [Sample({}, 2.0)],
     "age": [Sample({"queue": "a"}, 90.0)],
+    HEALTH: [Sample({"instance": "exporter:9808"}, 1.0)],
 }.items()}
 
 
@@ -146,7 +150,8 @@ def test_a_label_value_missing_from_a_grouped_result_names_the_selector():
         Sample({"queue": "b", "shard": "1"}, 1.0), Sample({"queue": "b", "shard": "2"}, 2.0)])}
     assert evaluate(service, doubled, COUNTS).errors == (
         ("several_series", 'rule backlog: query returned 2 series matching {queue="b"}; '
-                           "set aggregate: sum or max, or narrow it"),)
+                           "narrow the query (several jobs or instances?) or set aggregate: "
+                           "sum or max"),)
     weird = parse_config(GROUPED, {}).services[2]
     gone = {**BY_QUEUE, "sum by (queue) (backlog)": SampleSet([])}
     assert evaluate(weird, gone, COUNTS).errors == (
@@ -237,3 +242,94 @@ def test_drain_charges_the_startup_delay_only_to_workers_not_yet_running(counts,
     service = parse_config(STARTUP_CONFIG, {}).services[0]
     evaluation = evaluate(service, results({"backlog": [95.0]}), counts)
     assert evaluation.rules == (RuleOutcome("drain", 95.0, workers),)
+
+
+ZERO = """
+prometheus: {url: 'http://p:9090'}
+services:
+  - name: "w-{{ queue }}"
+    for_each: [{queue: a}, {queue: b}]
+    match_labels: {queue: "{{ queue }}"}
+    min: 0
+    max: 50
+    backend: {cluster: c, service: "s-{{ queue }}", region: r}
+    rules:
+      - {name: backlog, type: per_worker, query: sum by (queue) (backlog), target: 10,
+         on_empty: zero}
+  - name: single
+    min: 0
+    max: 50
+    backend: {cluster: c, service: single, region: r}
+    rules:
+      - {name: backlog, type: per_worker, query: 'sum(backlog{queue="c"})', target: 10,
+         on_empty: zero}
+"""
+REFUSED = "rule backlog: query returned no series{}; on_empty: zero does not apply: {}"
+
+
+def zero_case(health: list[Sample] | Exception | None, backlog: list[Sample],
+              text: str = ZERO) -> list[tuple[float | None, tuple]]:
+    table: dict = {"sum by (queue) (backlog)": SampleSet(backlog),
+                   'sum(backlog{queue="c"})': SampleSet([])}
+    if health is not None:
+        table[HEALTH] = health if isinstance(health, Exception) else SampleSet(health)
+    return [(e.rules[0].value, e.errors) for e in
+            (evaluate(s, table, COUNTS) for s in parse_config(text, {}).services)]
+
+
+def test_on_empty_zero_reads_zero_only_while_the_source_is_healthy():
+    # Healthy, and queue b has no series while queue a has: b is idle, 0.
+    assert zero_case([Sample({"instance": "e:1"}, 1.0), Sample({"instance": "e:2"}, 1.0)],
+                     [Sample({"queue": "a"}, 20.0)]) == [(20.0, ()), (0.0, ()), (0.0, ())]
+
+
+@pytest.mark.parametrize(("health", "why"), [
+    # An exporter that cannot read its broker says so.
+    ([Sample({"instance": "e:1"}, 1.0), Sample({"instance": "e:2"}, 0.0)],
+     f"health_query is 0 ({HEALTH})"),
+    # An exporter that is down has no series at all (stale in Prometheus).
+    ([], f"health_query returned no series ({HEALTH})"),
+    ([Sample({}, math.nan)], f"health_query is 0 ({HEALTH})"),
+    (QueryError("timeout", "prometheus did not answer within 5s", query=HEALTH),
+     "health_query could not be read (prometheus did not answer within 5s)"),
+])
+def test_on_empty_zero_holds_while_the_source_is_not_known_to_be_healthy(health, why):
+    found = zero_case(health, [Sample({"queue": "a"}, 20.0)])
+    assert found == [
+        (20.0, ()),
+        (None, (("no_data", REFUSED.format(' matching {queue="b"}', why)),)),
+        (None, (("no_data", REFUSED.format("", why)),)),
+    ]
+
+
+def test_a_grouped_query_with_no_series_for_anyone_holds_even_when_healthy():
+    found = zero_case([Sample({}, 1.0)], [])
+    why = "the query returned no series for any service"
+    assert found[:2] == [
+        (None, (("no_data", REFUSED.format(' matching {queue="a"}', why)),)),
+        (None, (("no_data", REFUSED.format(' matching {queue="b"}', why)),)),
+    ]
+    # An ungrouped query's empty answer is this service's alone: the health query decides.
+    assert found[2] == (0.0, ())
+
+
+def test_health_query_false_reads_empty_as_zero_and_is_never_sent():
+    text = ZERO.replace("services:", "health_query: false\nservices:")
+    services = parse_config(text, {}).services
+    assert all(HEALTH not in queries_of(s) for s in services)
+    assert zero_case(None, [Sample({"queue": "a"}, 20.0)], text) == [
+        (20.0, ()), (0.0, ()), (0.0, ())]
+
+
+def test_the_health_query_is_sent_only_for_services_that_read_empty_as_zero():
+    services = parse_config(ZERO + """
+  - name: holds
+    min: 0
+    max: 5
+    backend: {cluster: c, service: holds, region: r}
+    health_query: up{job="custom"} == 1
+    rules:
+      - {name: backlog, type: per_worker, query: 'sum(backlog{queue="d"})', target: 10}
+""", {}).services
+    assert [HEALTH in queries_of(s) for s in services] == [True, True, True, False]
+    assert 'up{job="custom"} == 1' not in queries_of(services[3])

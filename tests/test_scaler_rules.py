@@ -28,7 +28,8 @@ def test_reduce_result(values, aggregate, on_empty, expected):
     [
         ([], None, "no_data", "query returned no series"),
         ([1.0, 2.0], None, "several_series",
-         "query returned 2 series; set aggregate: sum or max, or narrow it"),
+         'query returned 2 series; set match_labels (e.g. {queue: "..."}, with `by (queue)` '
+         "in the query) so the service reads its own series, or aggregate: sum or max"),
         ([math.nan], None, "not_finite", "query returned nan"),
         ([1.0, math.inf], "sum", "not_finite", "query returned inf"),
         ([-math.inf], "max", "not_finite", "query returned -inf"),

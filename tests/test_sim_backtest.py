@@ -131,12 +131,21 @@ def test_a_step_without_a_point_is_a_query_without_that_series():
     assert steps[3].errors == ()
 
 
-def test_a_missing_point_reads_as_zero_with_on_empty_zero():
-    steps = bt.replay(service(extra="\n        on_empty: zero"), times(3),
-                      {DEPTH: [series([50, None, 50])]}, [5, None, None])
+HEALTH = "min(taskqueue_exporter_scrape_success)"
+
+
+def test_a_missing_point_reads_as_zero_with_on_empty_zero_while_the_exporter_is_healthy():
+    # The exporter's health is part of the history too: at step 3 it read no broker (0),
+    # so that step's missing point holds instead of reading as 0.
+    steps = bt.replay(service(extra="\n        on_empty: zero"), times(4),
+                      {DEPTH: [series([50, None, 50, None])], HEALTH: [series([1, 1, 1, 0])]},
+                      [5, None, None, None])
     assert decisions(steps) == [(5, 5, "Hold"), (5, 5, "ScaleDownStabilized"),
-                                (5, 5, "Hold")]
+                                (5, 5, "Hold"), (5, 5, "NoData")]
     assert steps[1].values == {"depth": 0.0} and steps[1].errors == ()
+    assert steps[3].errors == (
+        "rule depth: query returned no series; on_empty: zero does not apply: "
+        f"health_query is 0 ({HEALTH})",)
 
 
 def test_a_series_missing_at_a_step_leaves_the_others():
