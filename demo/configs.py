@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.app import QUEUES
+from demo.stack import MARKER
 
 EXPORTER_JOB = "taskqueue-exporter"
 SCALER_JOB = "taskqueue-scaler"
@@ -92,6 +93,7 @@ def _service(plan: QueuePlan, python: str, repo: Path, broker_url: str) -> str:
       cwd: {json.dumps(str(repo))}
       ready_pattern: 'ready\\.'
       stop_timeout: 20s
+      pass_env: [{MARKER}]   # the demo's sweep finds every process by it
     min: 1
     max: {plan.max}
     rules:

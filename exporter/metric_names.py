@@ -198,6 +198,26 @@ SCALER_MAX = MetricSpec(
     "The service's configured maximum worker count.",
     ("service",),
 )
+SCALER_RECOMMENDED = MetricSpec(
+    "taskqueue_scaler_recommended_replicas",
+    "gauge",
+    "The service's recommendation at the last evaluation that had one: the largest of its "
+    "rules', after activation and tolerance, before windows, rate policies and limits. "
+    "A restarted scaler reads it back to rebuild its windows.",
+    ("service",),
+)
+SCALER_PAUSED = MetricSpec(
+    "taskqueue_scaler_paused",
+    "gauge",
+    "1 while the service is paused by its taskqueue-autoscaler:paused tag, else 0.",
+    ("service",),
+)
+SCALER_LEASE_HELD = MetricSpec(
+    "taskqueue_scaler_lease_held",
+    "gauge",
+    "With a lease configured: 1 while this instance holds it and may change services, "
+    "0 while it only evaluates (standby).",
+)
 SCALER_RULE_VALUE = MetricSpec(
     "taskqueue_scaler_rule_value",
     "gauge",
@@ -271,6 +291,7 @@ SCALER_WORKER_RESTARTS = MetricSpec(
 )
 SCALER_METRICS: tuple[MetricSpec, ...] = (
     SCALER_DESIRED,
+    SCALER_RECOMMENDED,
     SCALER_CURRENT,
     SCALER_MIN,
     SCALER_MAX,
@@ -281,6 +302,8 @@ SCALER_METRICS: tuple[MetricSpec, ...] = (
     SCALER_LAST_SUCCESS,
     SCALER_EVALUATION_DURATION,
     SCALER_WORKER_RESTARTS,
+    SCALER_PAUSED,
+    SCALER_LEASE_HELD,
 )
 ALL_METRICS: tuple[MetricSpec, ...] = (
     QUEUE_METRICS + EVENT_METRICS + EXPORTER_METRICS + SCALER_METRICS

@@ -22,10 +22,11 @@ from requests.adapters import HTTPAdapter
 from exporter import server
 from exporter.redaction import configure_logging
 from scaler.config import ConfigError, ScalerConfig, load_config
-from scaler.cycle import Fleet, Scaler
+from scaler.cycle import Fleet, Outcome, Scaler
 from scaler.ecs import ecs_client
 from scaler.metrics import ScalerCollector
 from scaler.prometheus import PrometheusClient
+from scaler.restore import log_restored, restore
 from scaler.simulation import backtest
 from scaler.simulation import command as simulate_command
 
@@ -165,9 +166,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     address = args.listen_address or config.listen_address
     port = config.port if args.port is None else args.port
     prometheus = PrometheusClient(config.prometheus, session=_session(config))
+    restored = restore(config, prometheus.query_range, time.time())
+    log_restored(restored, config)
     fleet = Fleet(config.services, lambda region, endpoint: ecs_client(region, endpoint))
     scaler = Scaler(config, prometheus.query_samples, fleet, clock=time.time, timer=time.monotonic,
-                    dry_run=args.dry_run)
+                    dry_run=args.dry_run, histories=restored.histories)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScalerCollector(scaler))
     try:
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
              len(config.services), config.interval, " (dry run)" if args.dry_run else "",
              address, httpd.server_port)
     try:
-        scaler.run(stop, once=args.once)
+        outcomes = scaler.run(stop, once=args.once)
     finally:
         try:
             httpd.shutdown()
@@ -199,7 +202,32 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             fleet.close()  # local workers: warm shutdown, then SIGKILL after stop_timeout
             prometheus.close()
     log.info("stopped")
+    if args.once:
+        return _report_once(outcomes)
     return 0
+
+
+def _report_once(outcomes: Sequence[Outcome] | None) -> int:
+    """One line per service on stdout; 1 when any could not be read, evaluated or set."""
+    if outcomes is None:
+        print(f"{PROG}: error: the evaluation failed as a whole (see the log)", file=sys.stderr)
+        return 1
+    failed = False
+    for o in outcomes:
+        if o.before is None:
+            what = "not read"
+        elif o.after == o.before:
+            what = f"{o.before} (unchanged, {o.reason})"
+        else:
+            done = "set" if o.applied else f"not set: {o.note}" if o.note else "not set"
+            what = f"{o.before} -> {o.after} ({o.reason}, {done})"
+        if o.problems:
+            failed = True
+            what += ": " + "; ".join(o.problems)
+        elif o.note and o.after == o.before and o.note != "dry run":
+            what += f": {o.note}"
+        print(f"{o.service}: {what}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -635,11 +635,22 @@ def _local_backend(node: _Node) -> LocalBackend | None:
     ready = node.get("ready_pattern", _pattern, None)
     stop_timeout = node.get("stop_timeout", _duration, 30.0)
     node.at_least("stop_timeout", stop_timeout, 0, strict=True)
+    pass_env = node.get("pass_env", _names, ())
     node.check_unknown()
     if command is None or stop_timeout <= 0:
         return None
     return LocalBackend(command=command, env=env, cwd=cwd, ready_pattern=ready,
-                        stop_timeout=stop_timeout)
+                        stop_timeout=stop_timeout, pass_env=pass_env)
+
+
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and _VARIABLE.match(v) for v in value):
+        raise _Invalid(f"must be a list of environment variable names (got {_show(value)})")
+    return tuple(value)
 
 
 def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:

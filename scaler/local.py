@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from scaler.ecs import ServiceCounts
+from scaler.ecs import BackendError, ServiceCounts
 
 log = logging.getLogger(__name__)
 output_log = logging.getLogger("scaler.local.output")
@@ -38,6 +38,15 @@ QUICK_EXIT = 10.0
 MAX_BACKOFF = 60.0
 
 
+# What a worker gets from the scaler's own environment: enough to find programs, run
+# Python and speak the user's locale. Nothing else passes (the scaler's may hold a
+# Prometheus token, AWS keys, a lease's Redis URL); the backend's `env` and `pass_env`
+# add what the workers need.
+INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+             "TERM", "PYTHONPATH", "VIRTUAL_ENV")
+INHERITED_PREFIXES = ("LC_",)
+
+
 @dataclass(frozen=True)
 class LocalBackend:
     command: tuple[str, ...]
@@ -45,6 +54,16 @@ class LocalBackend:
     cwd: str | None = None
     ready_pattern: str | None = None
     stop_timeout: float = 30.0
+    # Names of more variables of the scaler's environment to pass on, as they are.
+    pass_env: tuple[str, ...] = ()
+
+
+def worker_environment(environ: Mapping[str, str], backend: LocalBackend,
+                       number: int) -> dict[str, str]:
+    """A worker process's whole environment."""
+    kept = {k: v for k, v in environ.items()
+            if k in INHERITED or k in backend.pass_env or k.startswith(INHERITED_PREFIXES)}
+    return {**kept, **backend.env, "TASKQUEUE_WORKER_ID": str(number)}
 
 
 @dataclass
@@ -61,10 +80,12 @@ class LocalWorkers:
     """One service's worker processes; every method is thread-safe."""
 
     def __init__(self, service: str, backend: LocalBackend,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.service = service
         self.backend = backend
         self._clock = clock
+        self._environ = os.environ if environ is None else environ
         self._ready = re.compile(backend.ready_pattern) if backend.ready_pattern else None
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -75,6 +96,7 @@ class LocalWorkers:
         self._quick_failures = 0
         self._last_quick_failure: float | None = None
         self._no_start_before = 0.0
+        self._start_error: str | None = None
 
     # ---------------------------------------------------------------- the backend's API
 
@@ -86,11 +108,18 @@ class LocalWorkers:
             return ServiceCounts(self._desired, running, len(live) - running)
 
     def set_desired(self, count: int) -> None:
+        """Starts or stops processes to reach `count`; BackendError when a process cannot
+        be started at all (the command is missing, not executable...): the desired count
+        is then what is running, and the supervisor does not retry on its own."""
         with self._lock:
             if self._closed:
                 return
             self._desired = count
+            self._start_error = None
             self._reconcile()
+            if self._start_error is not None:
+                self._desired = len([w for w in self._workers if w.stopping_at is None])
+                raise BackendError("other", self.service, self._start_error)
 
     def supervise(self) -> None:
         """Reap exits, replace crashed processes, kill those past stop_timeout."""
@@ -153,15 +182,16 @@ class LocalWorkers:
         number = self._numbers
         command = [part.replace(WORKER_PLACEHOLDER, str(number))
                    for part in self.backend.command]
-        env = {**os.environ, **self.backend.env, "TASKQUEUE_WORKER_ID": str(number)}
+        env = worker_environment(self._environ, self.backend, number)
         try:
             process = subprocess.Popen(
                 command, cwd=self.backend.cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as error:
-            log.error("service=%s cannot start worker %d (%s): %s", self.service, number,
-                      command[0], error.strerror or error)
+            self._start_error = (f"cannot start worker {number} ({command[0]}): "
+                                 f"{error.strerror or error}")
+            log.error("service=%s %s", self.service, self._start_error)
             self._failed_quickly()
             return False
         worker = _Worker(number, process, self._clock(), ready=self._ready is None)

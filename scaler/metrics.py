@@ -20,6 +20,9 @@ class ScalerCollector:
 
     def collect(self) -> Iterator[Metric]:
         desired = family(m.SCALER_DESIRED)
+        recommended = family(m.SCALER_RECOMMENDED)
+        paused = family(m.SCALER_PAUSED)
+        lease = family(m.SCALER_LEASE_HELD)
         current = family(m.SCALER_CURRENT)
         low = family(m.SCALER_MIN)
         high = family(m.SCALER_MAX)
@@ -40,6 +43,10 @@ class ScalerCollector:
             for name, state in sorted(self._scaler.states.items()):
                 if state.decision is not None:
                     desired.add_metric([name], state.decision.count)
+                    if state.decision.recommendation is not None:
+                        recommended.add_metric([name], state.decision.recommendation)
+                if state.counts is not None:
+                    paused.add_metric([name], 1.0 if state.paused is not None else 0.0)
                 if state.counts is not None:
                     for label, count in (("desired", state.counts.desired),
                                          ("running", state.counts.running),
@@ -60,5 +67,7 @@ class ScalerCollector:
                     last_success.add_metric([name], state.last_success)
             if self._scaler.last_duration is not None:
                 duration.add_metric([], self._scaler.last_duration)
-        yield from (desired, current, low, high, value, recommendation, decisions, errors,
-                    last_success, duration, restarts)
+            if self._scaler.lease_held is not None:
+                lease.add_metric([], 1.0 if self._scaler.lease_held else 0.0)
+        yield from (desired, recommended, current, low, high, value, recommendation, decisions,
+                    errors, last_success, duration, restarts, paused, lease)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scaler.config import ConfigError, parse_config
-from scaler.ecs import ServiceCounts
+from scaler.ecs import BackendError, ServiceCounts
 from scaler.local import LocalBackend, LocalWorkers
 from tests.services import alive, live_members, wait_for
 
@@ -111,12 +112,38 @@ def test_close_stops_every_worker_and_leaves_no_process_behind(make, tmp_path):
     assert workers.pids() == []
 
 
-def test_a_command_that_cannot_start_is_logged_and_counts_nothing(tmp_path, caplog):
+def test_a_command_that_cannot_start_is_an_error_and_counts_nothing(tmp_path, caplog):
     workers = LocalWorkers("svc", LocalBackend(command=(str(tmp_path / "missing"),)))
-    workers.set_desired(2)
-    assert workers.counts() == ServiceCounts(2, 0, 0)
+    with pytest.raises(BackendError) as caught:
+        workers.set_desired(2)
+    assert str(caught.value) == (
+        f"svc: cannot start worker 1 ({tmp_path / 'missing'}): No such file or directory")
+    # Not set: the count stays what runs, so the scaler tries again at its next evaluation.
+    assert workers.counts() == ServiceCounts(0, 0, 0)
     assert "service=svc cannot start worker 1" in caplog.text
     workers.close()
+
+
+def test_a_worker_gets_only_what_it_needs_of_the_scalers_environment(tmp_path):
+    environ = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
+               "PROMETHEUS_TOKEN": "s3cret", "AWS_SECRET_ACCESS_KEY": "k3y",
+               "LEASE_REDIS_URL": "redis://:pw@r:6379", "CELERY_BROKER_URL": "redis://b:6379/0"}
+    dump = tmp_path / "env.json"
+    code = f"import json, os; open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    backend = LocalBackend(command=(sys.executable, "-c", code), env={"EXTRA": "1"},
+                           pass_env=("CELERY_BROKER_URL",))
+    workers = LocalWorkers("svc", backend, environ=environ)
+    try:
+        workers.set_desired(1)
+        wait_for(lambda: dump.exists() and dump.read_text(), timeout=10,
+                 what="the worker to write its environment")
+    finally:
+        workers.close()
+    seen = json.loads(dump.read_text())
+    seen.pop("LC_CTYPE", None)  # Python may set it itself at start-up
+    assert seen == {"PATH": "/usr/bin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
+                    "CELERY_BROKER_URL": "redis://b:6379/0", "EXTRA": "1",
+                    "TASKQUEUE_WORKER_ID": "1"}
 
 
 
