@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from tests.promql_names import unknown_names
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "ecs"
 IAM = DEPLOY / "iam"
+SCALER_SERVICE = DEPLOY / "scaler-service.json"
 README = DEPLOY / "README.md"
 TASK_DEFINITIONS = {
     "exporter": DEPLOY / "exporter-task-definition.json",
@@ -314,6 +316,77 @@ def test_the_baked_scaler_config_is_valid_and_names_only_permitted_services(tmp_
     for service in config.services:
         for query in queries_of(service):
             assert unknown_names(query) == set(), (service.name, query)
+
+
+# --- the scaler's service -------------------------------------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """Every command of the README's sh blocks, continuation lines joined, as argv."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S):
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            pending += line + "\n"
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # a quoted string goes on over the next line
+                continue
+            if words:
+                commands.append(words)
+            pending = ""
+    return commands
+
+
+def test_the_scaler_service_runs_one_task_and_never_two_during_a_deploy(aws_env: None):
+    service = load(SCALER_SERVICE)
+    assert service["desiredCount"] == 1
+    # ECS's rolling deployments honour these two; CODE_DEPLOY or EXTERNAL would not.
+    assert service["deploymentController"] == {"type": "ECS"}
+    assert service["deploymentConfiguration"] == {"maximumPercent": 100,
+                                                  "minimumHealthyPercent": 0}
+    assert service["taskDefinition"] == load(TASK_DEFINITIONS["scaler"])["family"]
+    sent: list[dict[str, Any]] = []
+    with mock_aws():
+        region = SAMPLE["REGION"]
+        ec2 = boto3.client("ec2", region_name=region)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName="tasks", Description="tasks",
+                                          VpcId=vpc)["GroupId"]
+        ecs = boto3.client("ecs", region_name=region)
+        ecs.create_cluster(clusterName=SAMPLE["CLUSTER"])
+        ecs.register_task_definition(**load(TASK_DEFINITIONS["scaler"]))
+        ecs.meta.events.register("before-send.ecs.CreateService",
+                                 lambda request, **_: sent.append(json.loads(request.body)))
+        # As the README's command: the file, plus the network of the README's $NETWORK.
+        # botocore validates every key and type against ECS's API model before sending.
+        ecs.create_service(**service, networkConfiguration={"awsvpcConfiguration": {
+            "subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"}})
+        (created,) = ecs.describe_services(cluster=SAMPLE["CLUSTER"],
+                                           services=[service["serviceName"]])["services"]
+    assert created["desiredCount"] == 1 and created["launchType"] == "FARGATE"
+    # moto does not keep deploymentConfiguration: what ECS receives is checked on the wire.
+    (request,) = sent
+    assert request["deploymentConfiguration"] == {"maximumPercent": 100,
+                                                  "minimumHealthyPercent": 0}
+    assert request["desiredCount"] == 1
+
+
+def test_the_readme_creates_the_scaler_service_from_the_file_without_overriding_it():
+    rendered = f'render deploy/ecs/{SCALER_SERVICE.name} > "$OUT/{SCALER_SERVICE.name}"'
+    assert rendered in README.read_text()
+    (command,) = [c for c in readme_commands()
+                  if c[:3] == ["aws", "ecs", "create-service"]
+                  and f"file://$OUT/{SCALER_SERVICE.name}" in c]
+    options = {word for word in command if word.startswith("--")}
+    # The network and Cloud Map only: a --desired-count or --deployment-configuration here
+    # would override the file's.
+    assert options == {"--cli-input-json", "--network-configuration", "--service-registries"}
+    # No other command creates a service named like the scaler's.
+    for other in readme_commands():
+        if other[:3] == ["aws", "ecs", "create-service"] and other is not command:
+            assert "taskqueue-scaler" not in other, other
 
 
 # --- IAM --------------------------------------------------------------------------------
