@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,9 @@ from prometheus_client import CollectorRegistry
 from exporter import server as http_server
 from exporter.config import ENV_PREFIX, build_parser, parse_config
 from scaler.config import load_config
+from scaler.config import parse_config as parse_scaler_config
 from scaler.evaluate import queries_of
+from scaler.lease import DynamoDbLease, LeaseConfig, dynamodb_client
 from tests.promql_names import unknown_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -447,6 +450,38 @@ def test_the_scaler_may_only_describe_and_update_named_services():
         for resource in as_list(statement["Resource"]):
             assert "*" not in resource, resource
             assert service_arn.fullmatch(resource), resource
+
+
+def test_the_lease_table_policy_and_config_fit_what_the_lease_does(aws_env: None):
+    # scaler.yml carries the lease commented out; uncommented, it must be valid as it is.
+    text = render((DEPLOY / "scaler.yml").read_text())
+    block = re.search(r"^# lease:\n(?:#   .*\n)+", text, re.M)
+    assert block is not None
+    enabled = text.replace(block.group(0), re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    lease = parse_scaler_config(enabled, {}).lease
+    table = load(DEPLOY / "scaler-lease-table.json")
+    assert lease == LeaseConfig(kind="dynamodb", ttl=45.0, table=table["TableName"],
+                                region=SAMPLE["REGION"])
+    assert table["KeySchema"] == [{"AttributeName": lease.key_attribute, "KeyType": "HASH"}]
+    called: set[str] = set()
+    with mock_aws():
+        client = dynamodb_client(SAMPLE["REGION"])
+        arn = client.create_table(**table)["TableDescription"]["TableArn"]
+        client.meta.events.register("before-call.dynamodb.*",
+                                    lambda model, **_: called.add(f"dynamodb:{model.name}"))
+        a, b = (DynamoDbLease(client, lease.table, lease.name, lease.ttl, identity)
+                for identity in ("a", "b"))
+        assert a.hold(time.time()).held
+        assert b.hold(time.time()).holder == "a"
+        a.release()
+        assert b.hold(time.time()).held
+    # The policy allows exactly the calls the lease makes, on that table's one item.
+    (statement,) = statements(IAM / "scaler-lease-role-policy.json")
+    assert set(statement["Action"]) == called == {
+        "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"}
+    assert statement["Resource"] == arn
+    assert statement["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [lease.name]}}
 
 
 def test_the_worker_may_protect_tasks_of_its_cluster_only():
