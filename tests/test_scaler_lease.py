@@ -5,17 +5,21 @@ moto's server; ttls of a second keep the waits short."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from moto.server import ThreadedMotoServer
 
 from demo.stack import free_port
+from scaler import cli as scaler_cli
+from scaler.config import parse_config
 from scaler.lease import (
     DynamoDbLease,
     Lease,
@@ -347,3 +351,38 @@ def test_dynamodb_down_means_not_held_with_a_one_line_error_and_no_keys(lease_aw
     assert "\n" not in status.error
     assert SECRET_ACCESS_KEY not in status.error and ACCESS_KEY_ID not in status.error
     lease.release()  # never raises
+
+
+# --- the README -------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PROMETHEUS_AND_NO_SERVICES = "prometheus: {url: 'http://p:9090'}\ninterval: 15s\nservices: []\n"
+
+
+def readme_section() -> str:
+    text = README.read_text()
+    start = text.index("### At most one scaler acts\n")
+    return text[start:text.index("\n### ", start + 1)]
+
+
+def test_the_readmes_lease_configs_are_valid_as_shown():
+    blocks = re.findall(r"```yaml\n(.*?)```", readme_section(), re.S)
+    leases = [parse_config(PROMETHEUS_AND_NO_SERVICES + block, {}).lease for block in blocks]
+    assert leases == [
+        LeaseConfig(kind="redis", ttl=45.0, url_env="LEASE_REDIS_URL"),
+        LeaseConfig(kind="dynamodb", ttl=45.0, table="taskqueue-scaler-lease",
+                    region="eu-west-1"),
+    ]
+
+
+def test_the_readmes_config_errors_are_what_check_config_prints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    (shown,) = re.findall(r"```\n(taskqueue-scaler: .*?)```", readme_section(), re.S)
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    for lease in ("{type: redis, url: 'redis://:pw@cache:6379/0'}",
+                  "{type: redis, url_env: LEASE_REDIS_URL, ttl: 20s}"):
+        Path("scaler.yml").write_text(f"{PROMETHEUS_AND_NO_SERVICES}lease: {lease}\n")
+        assert scaler_cli.main(["check-config", "scaler.yml"], {}) == 2
+        printed.append(capsys.readouterr().err)
+    assert "".join(printed) == shown
