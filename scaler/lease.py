@@ -62,7 +62,11 @@ class Lease(Protocol):
     identity: str
 
     def hold(self, now: float) -> LeaseStatus:
-        """Acquire if free or expired, renew if ours; never raises."""
+        """Acquire if free or expired, renew if ours; never raises.
+
+        `now` is this instance's clock (epoch seconds) read just before the call: `until`
+        counts from it, so a call that takes long leaves less time to act.
+        """
         ...
 
     def release(self) -> None:
