@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import jinja2
 import jinja2.sandbox
@@ -27,6 +28,8 @@ from scaler.decision import (
     default_scale_down,
     default_scale_up,
 )
+from scaler.lease import DEFAULT_NAME as DEFAULT_LEASE_NAME
+from scaler.lease import DYNAMODB_KEY_ATTRIBUTE, REDIS_SCHEMES, LeaseConfig, default_ttl
 from scaler.local import LocalBackend
 from scaler.prometheus import PrometheusSettings
 from scaler.rules import Drain, Expression, PerWorker, Threshold
@@ -100,6 +103,7 @@ class ScalerConfig:
     port: int = DEFAULT_PORT
     bearer_token_env: str | None = field(default=None, repr=False)
     restore: RestoreConfig = field(default_factory=lambda: RestoreConfig())
+    lease: LeaseConfig | None = None  # None: no lease, this instance always acts
 
 
 @dataclass(frozen=True)
@@ -375,6 +379,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
         root.error("port", f"must be between 0 and 65535 (got {port})")
     health = root.get("health_query", _health_query, DEFAULT_HEALTH_QUERY)
     restore = _restore(root.child("restore"))
+    lease = _lease(root.child("lease"), interval)
     templates = _Templates()
     services: list[ServiceConfig] = []
     nodes = root.items("services")
@@ -393,7 +398,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     assert prometheus is not None
     return ScalerConfig(prometheus=prometheus, services=tuple(services), interval=interval,
                         concurrency=concurrency, listen_address=listen_address, port=port,
-                        restore=restore or RestoreConfig())
+                        restore=restore or RestoreConfig(), lease=lease)
 
 
 def _health_query(value: Any) -> str | None:
@@ -455,6 +460,65 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
         if not any(e.startswith(node.path + ".") for e in node.errors):
             node.errors.append(f"{node.path}: {error}")
         return None
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: Any) -> str:
+    text = _string(value)
+    if not _ENV_NAME.match(text):
+        raise _Invalid(f"must be the name of an environment variable (got {_show(text)})")
+    return text
+
+
+def _lease_url(value: Any) -> str:
+    """A Redis URL without a password; the value is never shown when it holds one."""
+    text = _string(value)
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+        hostname = parts.hostname
+    except ValueError:
+        raise _Invalid("must be a redis:// or rediss:// URL") from None
+    if password or any(k == "password" for k, _ in parse_qsl(parts.query)):
+        raise _Invalid("holds a password: put the URL in an environment variable and name "
+                       "the variable in url_env instead")
+    if parts.scheme not in REDIS_SCHEMES or not hostname:
+        raise _Invalid(f"must be a redis:// or rediss:// URL (got {_show(text)})")
+    return text
+
+
+def _lease(node: _Node | None, interval: float) -> LeaseConfig | None:
+    if node is None:
+        return None
+    kind = node.require("type", _choice("redis", "dynamodb"))
+    name = node.get("name", _string, DEFAULT_LEASE_NAME)
+    ttl = node.get("ttl", _duration, None)
+    # The holder renews once per interval; with ttl > 2 intervals one failed renewal
+    # does not cost it the lease (nor make two instances take turns).
+    if ttl is not None and interval > 0 and ttl <= 2 * interval:
+        node.error("ttl", f"must be more than 2 x interval ({2 * interval:g}s), so that the "
+                          f"holder keeps it through one failed renewal (got {ttl:g}s)")
+    fields: dict[str, Any] = {}
+    if kind == "redis":
+        fields["url"] = node.get("url", _lease_url, None)
+        fields["url_env"] = node.get("url_env", _env_name, None)
+        if (fields["url"] is None) == (fields["url_env"] is None) and not any(
+                e.startswith((node.key("url") + ":", node.key("url_env") + ":"))
+                for e in node.errors):
+            node.error("url_env", "set exactly one of url_env (a URL with a password) and url")
+    elif kind == "dynamodb":
+        fields["table"] = node.require("table", _string)
+        fields["region"] = node.require("region", _string)
+        fields["endpoint_url"] = node.get("endpoint_url", _string, None)
+        fields["key_attribute"] = node.get("key_attribute", _string, DYNAMODB_KEY_ATTRIBUTE)
+    if kind is not None:  # without a type, which keys belong is unknown
+        node.check_unknown()
+    if kind is None or any(e.startswith(node.path + ".") for e in node.errors):
+        return None
+    return LeaseConfig(kind=kind, name=name,  # type: ignore[arg-type]
+                       ttl=default_ttl(interval) if ttl is None else ttl, **fields)
 
 
 def _headers(value: Any) -> dict[str, str]:

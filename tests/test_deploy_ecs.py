@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +25,15 @@ from prometheus_client import CollectorRegistry
 from exporter import server as http_server
 from exporter.config import ENV_PREFIX, build_parser, parse_config
 from scaler.config import load_config
+from scaler.config import parse_config as parse_scaler_config
 from scaler.evaluate import queries_of
+from scaler.lease import DynamoDbLease, LeaseConfig, dynamodb_client
 from tests.promql_names import unknown_names
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "ecs"
 IAM = DEPLOY / "iam"
+SCALER_SERVICE = DEPLOY / "scaler-service.json"
 README = DEPLOY / "README.md"
 TASK_DEFINITIONS = {
     "exporter": DEPLOY / "exporter-task-definition.json",
@@ -316,6 +321,77 @@ def test_the_baked_scaler_config_is_valid_and_names_only_permitted_services(tmp_
             assert unknown_names(query) == set(), (service.name, query)
 
 
+# --- the scaler's service -------------------------------------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """Every command of the README's sh blocks, continuation lines joined, as argv."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S):
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            pending += line + "\n"
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # a quoted string goes on over the next line
+                continue
+            if words:
+                commands.append(words)
+            pending = ""
+    return commands
+
+
+def test_the_scaler_service_runs_one_task_and_never_two_during_a_deploy(aws_env: None):
+    service = load(SCALER_SERVICE)
+    assert service["desiredCount"] == 1
+    # ECS's rolling deployments honour these two; CODE_DEPLOY or EXTERNAL would not.
+    assert service["deploymentController"] == {"type": "ECS"}
+    assert service["deploymentConfiguration"] == {"maximumPercent": 100,
+                                                  "minimumHealthyPercent": 0}
+    assert service["taskDefinition"] == load(TASK_DEFINITIONS["scaler"])["family"]
+    sent: list[dict[str, Any]] = []
+    with mock_aws():
+        region = SAMPLE["REGION"]
+        ec2 = boto3.client("ec2", region_name=region)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName="tasks", Description="tasks",
+                                          VpcId=vpc)["GroupId"]
+        ecs = boto3.client("ecs", region_name=region)
+        ecs.create_cluster(clusterName=SAMPLE["CLUSTER"])
+        ecs.register_task_definition(**load(TASK_DEFINITIONS["scaler"]))
+        ecs.meta.events.register("before-send.ecs.CreateService",
+                                 lambda request, **_: sent.append(json.loads(request.body)))
+        # As the README's command: the file, plus the network of the README's $NETWORK.
+        # botocore validates every key and type against ECS's API model before sending.
+        ecs.create_service(**service, networkConfiguration={"awsvpcConfiguration": {
+            "subnets": [subnet], "securityGroups": [group], "assignPublicIp": "DISABLED"}})
+        (created,) = ecs.describe_services(cluster=SAMPLE["CLUSTER"],
+                                           services=[service["serviceName"]])["services"]
+    assert created["desiredCount"] == 1 and created["launchType"] == "FARGATE"
+    # moto does not keep deploymentConfiguration: what ECS receives is checked on the wire.
+    (request,) = sent
+    assert request["deploymentConfiguration"] == {"maximumPercent": 100,
+                                                  "minimumHealthyPercent": 0}
+    assert request["desiredCount"] == 1
+
+
+def test_the_readme_creates_the_scaler_service_from_the_file_without_overriding_it():
+    rendered = f'render deploy/ecs/{SCALER_SERVICE.name} > "$OUT/{SCALER_SERVICE.name}"'
+    assert rendered in README.read_text()
+    (command,) = [c for c in readme_commands()
+                  if c[:3] == ["aws", "ecs", "create-service"]
+                  and f"file://$OUT/{SCALER_SERVICE.name}" in c]
+    options = {word for word in command if word.startswith("--")}
+    # The network and Cloud Map only: a --desired-count or --deployment-configuration here
+    # would override the file's.
+    assert options == {"--cli-input-json", "--network-configuration", "--service-registries"}
+    # No other command creates a service named like the scaler's.
+    for other in readme_commands():
+        if other[:3] == ["aws", "ecs", "create-service"] and other is not command:
+            assert "taskqueue-scaler" not in other, other
+
+
 # --- IAM --------------------------------------------------------------------------------
 
 
@@ -374,6 +450,38 @@ def test_the_scaler_may_only_describe_and_update_named_services():
         for resource in as_list(statement["Resource"]):
             assert "*" not in resource, resource
             assert service_arn.fullmatch(resource), resource
+
+
+def test_the_lease_table_policy_and_config_fit_what_the_lease_does(aws_env: None):
+    # scaler.yml carries the lease commented out; uncommented, it must be valid as it is.
+    text = render((DEPLOY / "scaler.yml").read_text())
+    block = re.search(r"^# lease:\n(?:#   .*\n)+", text, re.M)
+    assert block is not None
+    enabled = text.replace(block.group(0), re.sub(r"^# ?", "", block.group(0), flags=re.M))
+    lease = parse_scaler_config(enabled, {}).lease
+    table = load(DEPLOY / "scaler-lease-table.json")
+    assert lease == LeaseConfig(kind="dynamodb", ttl=45.0, table=table["TableName"],
+                                region=SAMPLE["REGION"])
+    assert table["KeySchema"] == [{"AttributeName": lease.key_attribute, "KeyType": "HASH"}]
+    called: set[str] = set()
+    with mock_aws():
+        client = dynamodb_client(SAMPLE["REGION"])
+        arn = client.create_table(**table)["TableDescription"]["TableArn"]
+        client.meta.events.register("before-call.dynamodb.*",
+                                    lambda model, **_: called.add(f"dynamodb:{model.name}"))
+        a, b = (DynamoDbLease(client, lease.table, lease.name, lease.ttl, identity)
+                for identity in ("a", "b"))
+        assert a.hold(time.time()).held
+        assert b.hold(time.time()).holder == "a"
+        a.release()
+        assert b.hold(time.time()).held
+    # The policy allows exactly the calls the lease makes, on that table's one item.
+    (statement,) = statements(IAM / "scaler-lease-role-policy.json")
+    assert set(statement["Action"]) == called == {
+        "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem"}
+    assert statement["Resource"] == arn
+    assert statement["Condition"] == {
+        "ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [lease.name]}}
 
 
 def test_the_worker_may_protect_tasks_of_its_cluster_only():

@@ -8,6 +8,7 @@ import pytest
 
 from scaler.config import ConfigError, load_config, parse_config, promql_string
 from scaler.decision import Limits, Policy
+from scaler.lease import LeaseConfig
 from scaler.rules import Drain, PerWorker, Threshold
 
 VALID = """
@@ -287,3 +288,100 @@ def test_match_labels_values_are_never_promql_escaped_whatever_the_label_is_call
     service = parse_config(text, {}).services[0]
     assert service.match_labels == (("query", 'a"b'), ("scale_down_guard", 'a"b'))
     assert service.rules[0].query == 'x{q="a\\"b"}'
+
+
+# --- lease ------------------------------------------------------------------------------
+
+
+def with_lease(lease: str, interval: str = "15s") -> str:
+    return f"prometheus: {{url: 'http://p:9090'}}\ninterval: {interval}\nservices: []\n" \
+           f"lease: {lease}\n"
+
+
+def test_no_lease_section_means_no_lease():
+    assert parse_config(VALID, {"PROM_TOKEN": "x"}).lease is None
+
+
+@pytest.mark.parametrize(
+    ("lease", "interval", "expected"),
+    [
+        ("{type: redis, url_env: LEASE_REDIS_URL}", "15s",
+         LeaseConfig(kind="redis", ttl=45.0, name="taskqueue-scaler", url_env="LEASE_REDIS_URL")),
+        # The default ttl is 3 intervals, and at least 15 s.
+        ("{type: redis, url_env: U}", "2s", LeaseConfig(kind="redis", ttl=15.0, url_env="U")),
+        ("{type: redis, url_env: U}", "10s", LeaseConfig(kind="redis", ttl=30.0, url_env="U")),
+        ("{type: redis, url: 'rediss://cache.internal:6380/2', name: other, ttl: 1m}", "15s",
+         LeaseConfig(kind="redis", ttl=60.0, name="other",
+                     url="rediss://cache.internal:6380/2")),
+        # A user name is no secret.
+        ("{type: redis, url: 'redis://scaler@cache:6379/0'}", "15s",
+         LeaseConfig(kind="redis", ttl=45.0, url="redis://scaler@cache:6379/0")),
+        ("{type: dynamodb, table: leases, region: eu-west-1}", "15s",
+         LeaseConfig(kind="dynamodb", ttl=45.0, table="leases", region="eu-west-1")),
+        ("{type: dynamodb, table: locks, region: r, endpoint_url: 'http://localhost:8000', "
+         "key_attribute: LockID, ttl: 31s}", "15s",
+         LeaseConfig(kind="dynamodb", ttl=31.0, table="locks", region="r",
+                     endpoint_url="http://localhost:8000", key_attribute="LockID")),
+        ("{type: redis, url_env: U, ttl: 2.5}", "1s",
+         LeaseConfig(kind="redis", ttl=2.5, url_env="U")),
+    ],
+)
+def test_lease(lease, interval, expected):
+    assert parse_config(with_lease(lease, interval), {}).lease == expected
+
+
+@pytest.mark.parametrize(
+    ("lease", "expected"),
+    [
+        ("{type: redis, url: 'redis://:hunter2pw@cache:6379/0'}",
+         ["lease.url: holds a password: put the URL in an environment variable and name the "
+          "variable in url_env instead"]),
+        ("{type: redis, url: 'rediss://default:hunter2pw@cache:6379/0'}",
+         ["lease.url: holds a password: put the URL in an environment variable and name the "
+          "variable in url_env instead"]),
+        ("{type: redis, url: 'redis://cache:6379/0?password=hunter2pw'}",
+         ["lease.url: holds a password: put the URL in an environment variable and name the "
+          "variable in url_env instead"]),
+        ("{type: redis, url: 'http://cache:6379/0'}",
+         ["lease.url: must be a redis:// or rediss:// URL (got 'http://cache:6379/0')"]),
+        ("{type: redis, url: 'redis://'}", ["lease.url: must be a redis:// or rediss:// URL "
+                                            "(got 'redis://')"]),
+        ("{type: redis}",
+         ["lease.url_env: set exactly one of url_env (a URL with a password) and url"]),
+        ("{type: redis, url: 'redis://cache', url_env: U}",
+         ["lease.url_env: set exactly one of url_env (a URL with a password) and url"]),
+        ("{type: redis, url_env: 'redis://cache'}",
+         ["lease.url_env: must be the name of an environment variable (got 'redis://cache')"]),
+        ("{type: redis, url_env: U, ttl: 30s}",
+         ["lease.ttl: must be more than 2 x interval (30s), so that the holder keeps it "
+          "through one failed renewal (got 30s)"]),
+        ("{type: redis, url_env: U, ttl: 0}",
+         ["lease.ttl: must be more than 2 x interval (30s), so that the holder keeps it "
+          "through one failed renewal (got 0s)"]),
+        ("{type: redis, url_env: U, ttl: soon}",
+         ["lease.ttl: must be a duration like 30s, 5m or 1h (got 'soon')"]),
+        ("{type: etcd, url_env: U}", ["lease.type: must be one of redis, dynamodb (got 'etcd')"]),
+        ("{url_env: U}", ["lease.type: required"]),
+        ("{type: redis, url_env: U, table: leases}", ["lease.table: unknown key"]),
+        ("{type: dynamodb, table: leases, region: r, url_env: U}",
+         ["lease.url_env: unknown key"]),
+        ("{type: dynamodb}", ["lease.table: required", "lease.region: required"]),
+        ("{type: dynamodb, table: '', region: r}",
+         ["lease.table: must be a non-empty string (got '')"]),
+        ("[redis]", ["lease: must be a mapping (got ['redis'])"]),
+    ],
+)
+def test_lease_errors(lease, expected):
+    errors = errors_of(with_lease(lease))
+    assert errors == expected
+    assert not any("hunter2pw" in e for e in errors)
+
+
+def test_lease_errors_come_with_every_other_error():
+    text = with_lease("{type: redis, url_env: U, ttl: 1s}").replace("services: []",
+                                                                    "services: [3]")
+    assert errors_of(text) == [
+        "lease.ttl: must be more than 2 x interval (30s), so that the holder keeps it through "
+        "one failed renewal (got 1s)",
+        "services[0]: must be a mapping (got 3)",
+    ]
