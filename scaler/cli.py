@@ -20,10 +20,11 @@ from prometheus_client import CollectorRegistry
 from requests.adapters import HTTPAdapter
 
 from exporter import server
-from exporter.redaction import configure_logging
+from exporter.redaction import configure_logging, secrets_of_url
 from scaler.config import ConfigError, ScalerConfig, load_config
 from scaler.cycle import Fleet, Outcome, Scaler
 from scaler.ecs import ecs_client
+from scaler.lease import LeaseError, build_lease
 from scaler.metrics import ScalerCollector
 from scaler.prometheus import PrometheusClient
 from scaler.restore import log_restored, restore
@@ -159,18 +160,28 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "simulate":
         return simulate_command.run(args, config)
 
-    secrets = tuple(s for s in (config.prometheus.bearer_token, *config.prometheus.headers.values())
-                    if s)
+    lease_url = (environ.get(config.lease.url_env or "", "") or config.lease.url or ""
+                 if config.lease is not None else "")
+    secrets = tuple(s for s in (config.prometheus.bearer_token, *config.prometheus.headers.values(),
+                                *secrets_of_url(lease_url)) if s)
     # botocore and urllib3 at INFO would log every request.
     configure_logging(args.log_level, secrets, quiet=("botocore", "boto3", "urllib3"))
     address = args.listen_address or config.listen_address
     port = config.port if args.port is None else args.port
+    lease = None
+    if config.lease is not None and not args.dry_run:
+        # A dry run changes nothing, so it must not take the lease from the instance that does.
+        try:
+            lease = build_lease(config.lease, environ)
+        except LeaseError as error:
+            print(f"{PROG}: error: lease: {error}", file=sys.stderr)
+            return EXIT_USAGE
     prometheus = PrometheusClient(config.prometheus, session=_session(config))
     restored = restore(config, prometheus.query_range, time.time())
     log_restored(restored, config)
     fleet = Fleet(config.services, lambda region, endpoint: ecs_client(region, endpoint))
     scaler = Scaler(config, prometheus.query_samples, fleet, clock=time.time, timer=time.monotonic,
-                    dry_run=args.dry_run, histories=restored.histories)
+                    dry_run=args.dry_run, histories=restored.histories, lease=lease)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScalerCollector(scaler))
     try:

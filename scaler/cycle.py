@@ -21,6 +21,7 @@ from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
 from scaler.decision import Counts, Decision, History, Pause, Reason, decide, parse_pause
 from scaler.ecs import PAUSE_TAG, BackendError, EcsService, ServiceCounts, describe_many
 from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
+from scaler.lease import Lease
 from scaler.local import LocalBackend, LocalFleet
 from scaler.prometheus import QueryError, Sample
 
@@ -95,24 +96,6 @@ class Fleet:
     def close(self) -> None:
         """Stops the local services' workers (warm shutdown); ECS services are left as set."""
         self.local.close()
-
-
-class LeaseStatus(Protocol):
-    held: bool
-    holder: str | None
-    until: float | None
-    error: str | None
-
-
-class Lease(Protocol):
-    """Leave to act, shared by the instances of one config (scaler.lease): only the holder
-    changes services; the others evaluate and export."""
-
-    identity: str
-
-    def hold(self, now: float) -> LeaseStatus: ...
-
-    def release(self) -> None: ...
 
 
 @dataclass
@@ -227,9 +210,9 @@ class Scaler:
             except Exception as error:
                 results[q] = error
         plans = [self._plan(s, counts[s.name], results, now) for s in self.config.services]
-        standby = self._standby(now)
-        outcomes = [self._carry_out(plan, now, standby) if isinstance(plan, _Plan) else plan
-                    for plan in plans]
+        standby, until = self._standby()
+        outcomes = [self._carry_out(plan, now, standby, until) if isinstance(plan, _Plan)
+                    else plan for plan in plans]
         ended = self._timer()
         with self.lock:
             self.last_duration = ended - started
@@ -253,13 +236,15 @@ class Scaler:
         return (f"the last evaluation cycle finished {idle:.0f}s ago "
                 f"(interval {self.config.interval:g}s)")
 
-    def _standby(self, now: float) -> str | None:
-        """Why this instance must not change services this cycle (no lease), or None."""
+    def _standby(self) -> tuple[str | None, float | None]:
+        """Why this instance must not change services this cycle (no lease), or None; and
+        the time until which it may (None: no limit)."""
         if self._lease is None:
-            return None
+            return None, None
+        until = None
         try:
-            status = self._lease.hold(now)
-            held, holder, error = status.held, status.holder, status.error
+            status = self._lease.hold(self._clock())
+            held, holder, error, until = status.held, status.holder, status.error, status.until
         except Exception as failure:  # hold() never raises; if it does, act as standby
             held, holder, error = False, None, f"lease: {type(failure).__name__}: {failure}"
         with self.lock:
@@ -276,8 +261,8 @@ class Scaler:
                 log.info("standby: the lease is held by %s: evaluating, changing nothing",
                          holder or "another instance")
         if held:
-            return None
-        return f"standby: lease held by {holder}" if holder else "standby: no lease"
+            return None, until
+        return (f"standby: lease held by {holder}" if holder else "standby: no lease"), None
 
     def _plan(self, service: ServiceConfig, read: ServiceCounts | BackendError,
               results: Mapping[str, Result], now: float) -> _Plan | Outcome:
@@ -317,7 +302,8 @@ class Scaler:
         self._log_pause(service.name, state, pause, read.pause, counts.desired)
         return _Plan(service, read, evaluation, decision, problems)
 
-    def _carry_out(self, plan: _Plan, now: float, standby: str | None) -> Outcome:
+    def _carry_out(self, plan: _Plan, now: float, standby: str | None,
+                   until: float | None) -> Outcome:
         service, decision, state = plan.service, plan.decision, self.states[plan.service.name]
         current = plan.counts.desired
         problems, note = plan.problems, None
@@ -327,6 +313,9 @@ class Scaler:
                 note = "dry run"
             elif standby is not None:
                 note = standby
+            elif until is not None and self._clock() >= until:
+                # The cycle outlasted the lease's safe time: another instance may hold it.
+                note = "standby: the lease's safe time ran out during the evaluation"
             else:
                 try:
                     self.fleet.set_desired(service.name, decision.count)

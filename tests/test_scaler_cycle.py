@@ -11,7 +11,7 @@ import pytest
 from exporter import metric_names as m
 from scaler.config import parse_config
 from scaler.cycle import Fleet, Scaler
-from scaler.ecs import ecs_client
+from scaler.ecs import PAUSE_TAG, ecs_client
 from scaler.metrics import ScalerCollector
 from scaler.prometheus import QueryError, Sample
 from tests.aws import CLUSTER, REGION, create_service, desired_count
@@ -260,3 +260,145 @@ def test_queries_still_out_at_the_deadline_hold_their_service_and_the_cycle_ends
     assert state.evaluation is not None
     assert state.evaluation.errors == (
         ("timeout", "rule backlog: no answer within the evaluation's 0.4s deadline for queries"),)
+
+
+def test_an_overflowing_rule_holds_its_own_service_and_the_others_scale(services, caplog):
+    text = CONFIG.replace("target: 10}", "target: 0.1}")
+    queries = Queries({'backlog{q="a"}': [1e308], 'backlog{q="b"}': [0.45]})
+    scaler = make(services, queries, text=text)
+    try:
+        first = scaler.run_once()
+        second = scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.service, o.after, o.reason) for o in first] == [
+        ("w-a", 1, "NoData"), ("w-b", 5, "ScaleUp")]
+    assert first[0].problems == ("rule backlog: the rule's arithmetic gave inf workers",)
+    assert second[0].problems == first[0].problems
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_errors_total", service="w-a", kind="not_finite") == 2
+    # Logged when it starts, not again while it lasts.
+    assert caplog.text.count("the rule's arithmetic gave inf workers") == 1
+
+
+def test_an_exception_in_one_services_evaluation_is_that_services_error(services, monkeypatch,
+                                                                       caplog):
+    import scaler.cycle as cycle
+
+    real = cycle.evaluate
+
+    def broken(service, results, counts):
+        if service.name == "w-a":
+            raise ZeroDivisionError("float division by zero")
+        return real(service, results, counts)
+
+    monkeypatch.setattr(cycle, "evaluate", broken)
+    scaler = make(services, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [45.0]}))
+    try:
+        outcomes = scaler.run_once() + scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.service, o.after, o.reason, o.problems) for o in outcomes] == [
+        ("w-a", 1, "NoData", ("evaluation failed: ZeroDivisionError: float division by zero",)),
+        ("w-b", 5, "ScaleUp", ()),
+        ("w-a", 1, "NoData", ("evaluation failed: ZeroDivisionError: float division by zero",)),
+        ("w-b", 5, "Hold", ())]
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_errors_total", service="w-a", kind="internal") == 2
+    assert caplog.text.count("Traceback") == 1
+
+
+class FakeLease:
+    identity = "me"
+
+    def __init__(self, held: bool, until: float | None = None) -> None:
+        self.status = type("Status", (), {"held": held, "holder": "me" if held else "other",
+                                          "until": until, "error": None})()
+        self.released = False
+
+    def hold(self, now: float) -> Any:
+        return self.status
+
+    def release(self) -> None:
+        self.released = True
+
+
+@pytest.mark.parametrize(("held", "until", "note"), [
+    (False, None, "standby: lease held by other"),
+    (True, 999.0, "standby: the lease's safe time ran out during the evaluation"),
+    (True, 2000.0, None),
+])
+def test_only_the_lease_holder_changes_services_while_its_lease_is_safe(services, held, until,
+                                                                       note):
+    config = parse_config(CONFIG, {})
+    lease = FakeLease(held, until)
+    scaler = Scaler(config, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [10.0]}),
+                    Fleet(config.services, lambda region, endpoint: services), clock=Clock(),
+                    timer=Clock(), lease=lease)  # type: ignore[arg-type]
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+    assert lease.released
+    applied = note is None
+    assert [(o.after, o.applied, o.note) for o in outcomes] == [(5, applied, note),
+                                                                 (1, False, None)]
+    assert desired_count(services, "celery-a") == (5 if applied else 1)
+    samples = collect(ScalerCollector(scaler))
+    assert value(samples, "taskqueue_scaler_lease_held") == (1 if held else 0)
+    # A standby remembers what the rules said, not a change it did not make.
+    assert scaler.states["w-a"].history.changes == (((1000.0, 4),) if applied else ())
+    assert scaler.states["w-a"].history.recommendations == ((1000.0, 5),)
+
+
+def test_a_paused_service_is_held_by_its_tag_and_resumes_without_it(services, caplog):
+    caplog.set_level("INFO", logger="scaler.cycle")
+    arn = services.describe_services(cluster=CLUSTER, services=["celery-a"])["services"][0][
+        "serviceArn"]
+    services.tag_resource(resourceArn=arn, tags=[{"key": PAUSE_TAG, "value": "true"}])
+    clock = Clock()
+    scaler = make(services, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [10.0]}),
+                  clock=clock)
+    try:
+        first = scaler.run_once()
+        assert (first[0].after, first[0].reason, first[0].note) == (1, "Paused", "paused")
+        assert value(collect(ScalerCollector(scaler)), "taskqueue_scaler_paused",
+                     service="w-a") == 1
+        assert value(collect(ScalerCollector(scaler)), "taskqueue_scaler_paused",
+                     service="w-b") == 0
+        # The rules are still evaluated and exported.
+        assert value(collect(ScalerCollector(scaler)), "taskqueue_scaler_rule_recommendation",
+                     service="w-a", rule="backlog") == 5
+        services.tag_resource(resourceArn=arn, tags=[{"key": PAUSE_TAG, "value": "3"}])
+        clock.now += 1
+        assert (scaler.run_once()[0].after, desired_count(services, "celery-a")) == (3, 3)
+        services.untag_resource(resourceArn=arn, tagKeys=[PAUSE_TAG])
+        clock.now += 1
+        assert (scaler.run_once()[0].after, desired_count(services, "celery-a")) == (5, 5)
+    finally:
+        scaler.close()
+    assert "service=w-a paused by the tag taskqueue-autoscaler:paused=true: held where it " \
+           "is (1), rules still evaluated" in caplog.text
+    assert "service=w-a paused by the tag taskqueue-autoscaler:paused=3: held at 3" in caplog.text
+    assert caplog.text.count("service=w-a resumed") == 1
+    assert "service=w-b resumed" not in caplog.text  # never paused: nothing to say
+
+
+def test_a_manual_raise_is_kept_for_the_scale_down_window(services):
+    text = CONFIG.replace("stabilization_window: 0s", "stabilization_window: 60s")
+    clock = Clock()
+    scaler = make(services, Queries({'backlog{q="a"}': [15.0], 'backlog{q="b"}': [10.0]}),
+                  text=text, clock=clock)
+    try:
+        assert scaler.run_once()[0].after == 2
+        services.update_service(cluster=CLUSTER, service="celery-a", desiredCount=7)  # by hand
+        clock.now += 3
+        held = scaler.run_once()[0]
+        assert (held.before, held.after, held.reason) == (7, 7, "ScaleDownStabilized")
+        clock.now += 58
+        assert scaler.run_once()[0].after == 7
+        clock.now += 2  # 60 s after the manual raise
+        assert scaler.run_once()[0].after == 2
+    finally:
+        scaler.close()
+    assert desired_count(services, "celery-a") == 2
