@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
 from scaler.ecs import ecs_client
+from tests.services import free_port
 
 REGION = "us-east-1"
 CLUSTER = "workers"
@@ -56,3 +58,29 @@ def create_service(client: Any, name: str, desired: int, cluster: str = CLUSTER)
 def desired_count(client: Any, name: str, cluster: str = CLUSTER) -> int:
     return int(client.describe_services(cluster=cluster, services=[name])["services"][0][
         "desiredCount"])
+
+
+# Distinctive, so that finding it in a log means it leaked.
+SECRET_KEY = "e2e-fake-secret-Xq7pLm3vR9"
+MOTO_SERVICE = "celery-default"
+
+
+@pytest.fixture
+def moto_ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    """moto as a server (the scaler under test is another process), with the cluster and
+    the service MOTO_SERVICE at 1 worker; (endpoint URL, client)."""
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECS",
+                 "MOTO_ECS_SERVICE_RUNNING"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    client = ecs_client(REGION, endpoint_url=url, max_attempts=1)
+    prepare(client)
+    create_service(client, MOTO_SERVICE, desired=1)
+    yield url, client
+    server.stop()

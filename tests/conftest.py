@@ -7,7 +7,7 @@ import pytest
 import redis
 from kombu import pools
 
-from tests.aws import aws_env, ecs  # noqa: F401  (fixtures for the scaler's ECS tests)
+from tests.aws import aws_env, ecs, moto_ecs  # noqa: F401  (fixtures for the scaler's ECS tests)
 from tests.services import PrometheusServer, RedisServer
 
 

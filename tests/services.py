@@ -306,3 +306,45 @@ class Exporter:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+SCALER = str(Path(sys.executable).parent / "taskqueue-scaler")
+
+
+class ScalerProcess:
+    """A real `taskqueue-scaler run` process at debug level, its log in a file."""
+
+    def __init__(self, config: Path, port: int, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.log = config.parent / f"scaler-{port}-{time.monotonic_ns()}.log"
+        self._log = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [SCALER, "run", "--config", str(config), "--listen-address", "127.0.0.1",
+             "--port", str(port), "--log-level", "debug", *args],
+            stdout=subprocess.DEVNULL, stderr=self._log, env={**os.environ, **(env or {})})
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def metrics(self) -> dict:
+        status, text = get(f"http://127.0.0.1:{self.port}/metrics")
+        assert status == 200
+        return parse_text(text)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing cleaned up."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

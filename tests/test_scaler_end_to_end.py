@@ -21,19 +21,15 @@ from typing import Any
 
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
-from scaler.ecs import ecs_client
-from tests.aws import CLUSTER, FAKE_CREDENTIALS, REGION, create_service, desired_count, prepare
-from tests.services import MetricsTarget, PrometheusServer, free_port, wait_for
+from tests.aws import CLUSTER, REGION, SECRET_KEY, desired_count
+from tests.services import MetricsTarget, PrometheusServer, wait_for
 
-SERVICE = "celery-default"
+SERVICE = "celery-default"  # created at 1 worker by the moto_ecs fixture
 NAME = "worker-default"  # the service's name in the scaler's config and logs
 # One query for every queue, as examples/scaler.yml writes it; the service reads its own
 # queue's series (match_labels), so the busy "other" queue must not move it.
 QUERY = "sum by (queue) (taskqueue_queue_depth)"
-# Distinctive, so that finding it in the log means it leaked.
-SECRET_KEY = "e2e-fake-secret-Xq7pLm3vR9"
 
 CONFIG = """
 prometheus:
@@ -85,26 +81,6 @@ def depth_target() -> Iterator[MetricsTarget]:
     target = MetricsTarget(depth_text(0))
     yield target
     target.close()
-
-
-@pytest.fixture
-def moto_ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
-    """moto as a server (the scaler is another process), with the service at 1 worker."""
-    for name, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ECS",
-                 "MOTO_ECS_SERVICE_RUNNING"):
-        monkeypatch.delenv(name, raising=False)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    client = ecs_client(REGION, endpoint_url=url, max_attempts=1)
-    prepare(client)
-    create_service(client, SERVICE, desired=1)
-    yield url, client
-    server.stop()
 
 
 def _decisions(log: Path) -> list[dict[str, Any]]:
