@@ -210,3 +210,17 @@ def test_cli_without_prometheus_says_how_to_install_it(tmp_path, capsys):
                  "--prometheus-binary", str(tmp_path / "no-such-prometheus")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "prometheus" in err and "--prometheus-binary" in err
+
+
+def test_cli_exits_1_after_its_report_when_evaluations_failed(tmp_path, capsys):
+    require("prometheus")
+    config = tmp_path / "scaler.yml"
+    # A metric the simulated exporter never produces: every evaluation fails.
+    config.write_text(BACKLOG_CONFIG.replace("taskqueue_tasks_unacked", "taskqueue_tasks_unacke"))
+    args = ["simulate", "--config", str(config), "--workload", "steady:rate=1/s,duration=2m",
+            "--service-time", "1s"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "failed evaluations" in captured.out  # the report is printed first
+    assert captured.err.startswith("taskqueue-scaler simulate: ")
+    assert "evaluations failed" in captured.err and "query returned no series" in captured.err

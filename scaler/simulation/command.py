@@ -168,6 +168,12 @@ def run(args: argparse.Namespace, config: ScalerConfig, out: TextIO | None = Non
         print(json.dumps(to_json(result), indent=2), file=out)
     else:
         print(format_table(result), file=out)
+    if result.failed:
+        # The report stands, but a config whose rules fail is not proven by it.
+        print(f"taskqueue-scaler simulate: {result.failed_evaluations} evaluations failed "
+              f"({result.warmup_failures} of them before the first that worked); the first: "
+              f"{result.first_error}", file=err)
+        return 1
     return 0
 
 

@@ -47,7 +47,8 @@ def format_table(result: SimulationResult) -> str:
         rows.append(("requeued tasks", f"{result.requeued:,} (stopped mid-task, ran again)"))
     if result.failed_evaluations:
         rows.append(("failed evaluations",
-                     f"{result.failed_evaluations}; first: {result.first_error}"))
+                     f"{result.failed_evaluations} ({result.warmup_failures} before the first "
+                     f"that worked); first: {result.first_error}"))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines.append(f"{'':<{width}}  (lower bound: {_duration(b.work_seconds)} of work per slot, "
@@ -78,5 +79,6 @@ def to_json(result: SimulationResult) -> dict[str, Any]:
         "peak_workers": {"running": result.peak_running, "desired": result.peak_desired},
         "requeued_tasks": result.requeued,
         "failed_evaluations": result.failed_evaluations,
+        "warmup_failures": result.warmup_failures,
         "first_error": result.first_error,
     }

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from exporter.families import event_families, queue_families
+from exporter.families import event_families, exporter_families, queue_families
 from scaler.config import ScalerConfig, ServiceConfig
 from scaler.cycle import Scaler
 from scaler.ecs import BackendError, ServiceCounts
@@ -78,6 +78,17 @@ class SimulationResult:
     failed_evaluations: int
     first_error: str | None
     series: SimulationSeries
+    # Failed before any evaluation succeeded: a rate() window still filling at the start
+    # (a production scaler starts with Prometheus' history already there).
+    warmup_failures: int = 0
+
+    @property
+    def failed(self) -> bool:
+        """Whether the rules failed where they should have worked: after the warm-up, or
+        throughout."""
+        evaluations = len(self.series.times)  # one point per evaluation
+        return (self.failed_evaluations > self.warmup_failures
+                or self.warmup_failures == evaluations > 0)
 
     @property
     def bound_ratio(self) -> float:
@@ -219,7 +230,7 @@ def simulate(
     timeline: dict[str, list[float]] = {k: [] for k in (
         "times", "arrivals", "depth", "oldest_age", "desired", "running")}
     last_tick_ms, last_arrived = 0, 0
-    failed, first_error = 0, None
+    failed, first_error, warmup, succeeded = 0, None, 0, False
     ups = downs = peak_desired = peak_running = 0
     # The production loop logs every change, and every failed query, per evaluation:
     # thousands of lines in a simulated day; the result counts failed evaluations instead.
@@ -231,7 +242,9 @@ def simulate(
             now_ms = min(next_at.values())
             world.advance(now_ms / 1000)
             if next_at["scrape"] == now_ms:
+                # The exporter's own health too: a rule with on_empty: zero reads it.
                 families = [*queue_families([world.queue_snapshot()], epoch(now_ms)),
+                            *exporter_families(0.0, True, {}),
                             *event_families(world.events_snapshot()),
                             *collector.collect()]
                 series.add("scrape", start_ms + now_ms, _samples(families))
@@ -256,9 +269,13 @@ def simulate(
             before = world.desired
             (outcome,) = scaler.run_once()
             state = scaler.states[service.name]
-            if state.evaluation is not None and state.evaluation.errors:
+            if state.evaluation is None or state.evaluation.errors:
                 failed += 1
-                first_error = first_error or state.evaluation.errors[0][1]
+                warmup += not succeeded
+                first_error = first_error or (state.evaluation.errors[0][1] if state.evaluation
+                                              else "; ".join(outcome.problems))
+            else:
+                succeeded = True
             if outcome.applied and outcome.after is not None:
                 ups += outcome.after > before
                 downs += outcome.after < before
@@ -294,6 +311,6 @@ def simulate(
         unfinished=sum(1 for f in world.finished if math.isnan(f)), waits=waits,
         worker_seconds=world.worker_seconds(), bound=bound, scale_ups=ups, scale_downs=downs,
         peak_desired=peak_desired, peak_running=peak_running, requeued=world.requeued,
-        failed_evaluations=failed, first_error=first_error,
+        failed_evaluations=failed, first_error=first_error, warmup_failures=warmup,
         series=SimulationSeries(**timeline),
     )
