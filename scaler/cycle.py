@@ -9,6 +9,7 @@ its ECS service) never touches another, and nothing here lets the loop die.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
@@ -17,9 +18,18 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from botocore.exceptions import BotoCoreError
+
 from scaler.config import EcsBackend, ScalerConfig, ServiceConfig
 from scaler.decision import Counts, Decision, History, Pause, Reason, decide, parse_pause
-from scaler.ecs import PAUSE_TAG, BackendError, EcsService, ServiceCounts, describe_many
+from scaler.ecs import (
+    PAUSE_TAG,
+    BackendError,
+    EcsService,
+    ServiceCounts,
+    client_error,
+    describe_many,
+)
 from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
 from scaler.lease import Lease
 from scaler.local import LocalBackend, LocalFleet
@@ -55,18 +65,27 @@ class Fleet:
     from their processes."""
 
     def __init__(self, services: Sequence[ServiceConfig], client_for: ClientFactory) -> None:
+        self._client_for = client_for
         self._clients: dict[tuple[str, str | None], Any] = {}
         self._backends: dict[str, EcsBackend] = {
             s.name: s.backend for s in services if isinstance(s.backend, EcsBackend)}
         for backend in self._backends.values():
-            key = (backend.region, backend.endpoint_url)
-            if key not in self._clients:
-                self._clients[key] = client_for(*key)
+            with contextlib.suppress(BackendError):  # said at each read, made again then
+                self._client(backend.region, backend.endpoint_url, backend.service)
         self.local = LocalFleet({s.name: s.backend for s in services
                                  if isinstance(s.backend, LocalBackend)})
 
-    def _client(self, backend: EcsBackend) -> Any:
-        return self._clients[(backend.region, backend.endpoint_url)]
+    def _client(self, region: str, endpoint: str | None, service: str) -> Any:
+        """The client of a region, made on first use. Making one loads credentials, which
+        can fail (a task role's endpoint that does not answer yet): that is an error of the
+        services it serves, tried again at the next use, never the end of the scaler."""
+        key = (region, endpoint)
+        if key not in self._clients:
+            try:
+                self._clients[key] = self._client_for(region, endpoint)
+            except BotoCoreError as error:
+                raise client_error(error, service) from None
+        return self._clients[key]
 
     def read(self) -> dict[str, ServiceCounts | BackendError]:
         groups: dict[tuple[str, str | None, str], list[str]] = {}
@@ -75,7 +94,15 @@ class Fleet:
         counts: dict[str, ServiceCounts | BackendError] = {
             name: workers.counts() for name, workers in self.local.workers.items()}
         for (region, endpoint, cluster), names in groups.items():
-            by_service = describe_many(self._clients[(region, endpoint)], cluster,
+            try:
+                client = self._client(region, endpoint, f"{cluster}/{names[0]}")
+            except BackendError as error:
+                for name in names:
+                    counts[name] = BackendError(error.kind, f"{cluster}/"
+                                                f"{self._backends[name].service}", error.detail,
+                                                error.code)
+                continue
+            by_service = describe_many(client, cluster,
                                        [self._backends[n].service for n in names],
                                        concurrency=DESCRIBE_CONCURRENCY)
             for name in names:
@@ -87,7 +114,8 @@ class Fleet:
             self.local.workers[name].set_desired(count)
             return
         backend = self._backends[name]
-        EcsService(self._client(backend), backend.cluster, backend.service).set_desired(count)
+        client = self._client(backend.region, backend.endpoint_url, backend.service)
+        EcsService(client, backend.cluster, backend.service).set_desired(count)
 
     def restarts(self) -> dict[str, int]:
         """Per local service, the worker processes that exited unasked and were replaced."""

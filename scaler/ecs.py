@@ -18,6 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    CredentialRetrievalError,
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
@@ -153,6 +154,12 @@ def ecs_client(
     )
 
 
+def client_error(error: BotoCoreError, service: str) -> BackendError:
+    """What a failure to make a client (credentials that cannot be loaded) means for one
+    service."""
+    return _translate(error, service, "creating the ECS client")
+
+
 def _kind_of_client_error(error: ClientError) -> tuple[Kind, str]:
     code = str(error.response.get("Error", {}).get("Code", ""))
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -174,11 +181,14 @@ def _translate(error: Exception, service: str, action: str) -> BackendError:
     kind: Kind
     if isinstance(error, BotoConnectionError | HTTPClientError):
         kind = "unreachable"
-    elif isinstance(error, NoCredentialsError | PartialCredentialsError):
+    elif isinstance(error, NoCredentialsError | PartialCredentialsError
+                    | CredentialRetrievalError):
+        found = ("AWS credentials could not be loaded" if isinstance(
+            error, CredentialRetrievalError) else "no AWS credentials found")
         return BackendError(
             "no_credentials", service,
-            f"{action} failed: no AWS credentials found ({code}): give the scaler's ECS task "
-            "a task role, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+            f"{action} failed: {found} ({code}): give the scaler's ECS task a task role, or "
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
             code)
     else:
         kind = "other"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
-SCALER = str(Path(sys.executable).parent / "taskqueue-scaler")
+import pytest
+
+from tests.aws import CLUSTER, MOTO_SERVICE, REGION, desired_count
+from tests.services import SCALER, MetricsTarget, free_port
 
 CONFIG = """\
 prometheus: {url: 'http://127.0.0.1:9'}
@@ -82,3 +85,102 @@ def test_sigterm_stops_the_loop_cleanly(tmp_path):
         assert "stopped" in proc.stderr.read()
     finally:
         proc.kill()
+
+
+ONCE = """\
+prometheus: {{url: '{prometheus}', timeout: 2s}}
+services:
+  - name: w
+    backend: {backend}
+    min: 1
+    max: 10
+    rules: [{{name: backlog, type: per_worker, query: '{query}', target: 10}}]
+"""
+DEPTH = 'sum(taskqueue_queue_depth{queue="default"})'
+
+
+@pytest.fixture
+def once_world(tmp_path, moto_ecs, make_prometheus):
+    """A Prometheus with a depth of 45 and moto's ECS as a server: (write config, moto)."""
+    target = MetricsTarget('taskqueue_queue_depth{queue="default"} 45\n')
+    prometheus = make_prometheus(targets=[target.address])
+    prometheus.wait_for_value(DEPTH, lambda values: values == [45.0], timeout=15)
+    moto, ecs = moto_ecs
+
+    def write(prometheus_url: str = prometheus.url, query: str = DEPTH,
+              backend: str | None = None) -> str:
+        path = tmp_path / "once.yml"
+        path.write_text(ONCE.format(
+            prometheus=prometheus_url, query=query,
+            backend=backend or f"{{cluster: {CLUSTER}, service: {MOTO_SERVICE}, "
+                               f"region: {REGION}, endpoint_url: '{moto}'}}"))
+        return str(path)
+
+    yield write, ecs
+    target.close()
+
+
+def once(config: str, *args: str, env: dict[str, str | None] | None = None):
+    """`run --once`; `env` adds variables, or takes them away (None)."""
+    environ = {**os.environ, **(env or {})}
+    return subprocess.run([SCALER, "run", "--config", config, "--once", "--port", "0", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in environ.items() if v is not None})
+
+
+@pytest.mark.integration
+def test_run_once_says_what_it_did_to_each_service_and_exits_0_when_all_went_well(once_world):
+    write, ecs = once_world
+    config = write()
+    dry = once(config, "--dry-run")
+    assert (dry.returncode, dry.stdout) == (0, "w: 1 -> 5 (ScaleUp, not set: dry run)\n")
+    assert desired_count(ecs, MOTO_SERVICE) == 1
+    done = once(config)
+    assert (done.returncode, done.stdout) == (0, "w: 1 -> 5 (ScaleUp, set)\n"), done.stderr
+    assert desired_count(ecs, MOTO_SERVICE) == 5
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("case", "line"), [
+    ("prometheus unreachable",
+     r"w: 1 \(unchanged, NoData\): rule backlog: cannot reach prometheus at "
+     r"http://127\.0\.0\.1:\d+ for query .*: Connection refused"),
+    ("query rejected",
+     r"w: 1 \(unchanged, NoData\): rule backlog: prometheus returned a bad response for "
+     r'query .*: result type "matrix" is not supported; .*'),
+    ("ecs unreachable",
+     r"w: not read: cannot read the service, kind=unreachable: .*DescribeServices failed: "
+     r"EndpointConnectionError.*"),
+    ("no credentials",
+     r"w: not read: cannot read the service, kind=no_credentials: .*DescribeServices failed: "
+     r"no AWS credentials found \(NoCredentialsError\): give the scaler's ECS task a task "
+     r"role, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"),
+    ("worker cannot start",
+     r"w: 0 -> 4 \(ScaleUpLimited, not set\): cannot set desired count to 4, kind=other: w: "
+     r"cannot "
+     r"start worker 1 \(/nonexistent/celery\): No such file or directory"),
+])
+def test_run_once_exits_1_with_one_line_per_service_when_something_failed(once_world, case,
+                                                                         line):
+    write, ecs = once_world
+    env = None
+    if case == "prometheus unreachable":
+        config = write(prometheus_url=f"http://127.0.0.1:{free_port()}")
+    elif case == "query rejected":
+        config = write(query='taskqueue_queue_depth{queue="default"}[1m]')
+    elif case == "ecs unreachable":
+        config = write(backend=f"{{cluster: {CLUSTER}, service: {MOTO_SERVICE}, region: "
+                               f"{REGION}, endpoint_url: 'http://127.0.0.1:{free_port()}'}}")
+    elif case == "no credentials":
+        config = write()
+        env = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None,
+               "AWS_SESSION_TOKEN": None, "AWS_SECURITY_TOKEN": None,
+               "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+    else:
+        config = write(backend="{type: local, command: /nonexistent/celery}")
+    result = once(config, env=env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 1, result.stdout
+    assert re.fullmatch(line, result.stdout.strip()), result.stdout
+    assert desired_count(ecs, MOTO_SERVICE) == 1

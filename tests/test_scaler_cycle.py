@@ -402,3 +402,32 @@ def test_a_manual_raise_is_kept_for_the_scale_down_window(services):
     finally:
         scaler.close()
     assert desired_count(services, "celery-a") == 2
+
+
+def test_credentials_that_cannot_be_loaded_are_an_error_of_the_services_not_the_scaler(
+        services):
+    from botocore.exceptions import CredentialRetrievalError
+
+    failing = [True]  # the task role's endpoint does not answer at first
+
+    def factory(region: str, endpoint: str | None) -> Any:
+        if failing[0]:
+            raise CredentialRetrievalError(provider="container-role", error_msg="403")
+        return services
+
+    config = parse_config(CONFIG, {})
+    scaler = Scaler(config, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [10.0]}),
+                    Fleet(config.services, factory), clock=Clock(), timer=Clock())
+    try:
+        first = scaler.run_once()
+        failing[0] = False
+        second = scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.after, o.reason) for o in first] == [(None, "NoData"), (None, "NoData")]
+    assert first[0].problems == (
+        "cannot read the service, kind=no_credentials: workers/celery-a: creating the ECS "
+        "client failed: AWS credentials could not be loaded (CredentialRetrievalError): give "
+        "the scaler's ECS task a task role, or set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",)
+    assert [(o.after, o.reason) for o in second] == [(5, "ScaleUp"), (1, "Hold")]
