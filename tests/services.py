@@ -315,14 +315,15 @@ class ScalerProcess:
     """A real `taskqueue-scaler run` process at debug level, its log in a file."""
 
     def __init__(self, config: Path, port: int, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.port = port
         self.log = config.parent / f"scaler-{port}-{time.monotonic_ns()}.log"
         self._log = self.log.open("wb")
         self.process = subprocess.Popen(
             [SCALER, "run", "--config", str(config), "--listen-address", "127.0.0.1",
              "--port", str(port), "--log-level", "debug", *args],
-            stdout=subprocess.DEVNULL, stderr=self._log, env={**os.environ, **(env or {})})
+            stdout=subprocess.DEVNULL, stderr=self._log, env={**os.environ, **(env or {})},
+            cwd=cwd)
 
     def text(self) -> str:
         return self.log.read_text()
