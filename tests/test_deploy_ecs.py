@@ -441,7 +441,8 @@ def test_the_trust_policy_lets_only_this_accounts_ecs_tasks_assume_the_roles():
 def test_the_scaler_may_only_describe_and_update_named_services():
     actions = {a for s in statements(IAM / "scaler-task-role-policy.json")
                for a in as_list(s["Action"])}
-    assert actions == {"ecs:DescribeServices", "ecs:UpdateService"}
+    # ListTagsForResource: the pause tag, read with DescribeServices' include=TAGS.
+    assert actions == {"ecs:DescribeServices", "ecs:ListTagsForResource", "ecs:UpdateService"}
     service_arn = re.compile(
         rf"arn:aws:ecs:{SAMPLE['REGION']}:{SAMPLE['ACCOUNT_ID']}:service/"
         rf"{SAMPLE['CLUSTER']}/[A-Za-z0-9_-]+")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from scaler.config import ConfigError, load_config, parse_config, promql_string
+from scaler.config import (
+    ConfigError,
+    RestoreConfig,
+    load_config,
+    parse_config,
+    promql_string,
+)
 from scaler.decision import Limits, Policy
 from scaler.lease import LeaseConfig
 from scaler.rules import Drain, PerWorker, Threshold
@@ -385,3 +393,52 @@ def test_lease_errors_come_with_every_other_error():
         "one failed renewal (got 1s)",
         "services[0]: must be a mapping (got 3)",
     ]
+
+
+def test_health_query_and_restore_defaults_and_overrides():
+    config = parse_config(VALID, {"PROM_TOKEN": "t"})
+    assert {s.health_query for s in config.services} == {
+        "min(taskqueue_exporter_scrape_success)"}
+    assert config.restore == RestoreConfig(enabled=True, matchers="")
+    text = VALID.replace("interval: 10s", "interval: 10s\nhealth_query: up{job=\"e\"} == 1\n"
+                         "restore: {matchers: 'job=\"taskqueue-scaler\", env=~\"prod.*\"'}")
+    text = text.replace("    min: 1\n", "    min: 1\n    health_query: false\n")
+    config = parse_config(text, {"PROM_TOKEN": "t"})
+    assert {s.health_query for s in config.services} == {None}
+    assert config.restore.matchers == 'job="taskqueue-scaler", env=~"prod.*"'
+    text = VALID.replace("interval: 10s", 'interval: 10s\nhealth_query: up{job="e"} == 1')
+    assert {s.health_query for s in parse_config(text, {"PROM_TOKEN": "t"}).services} == {
+        'up{job="e"} == 1'}
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("health_query: 3", "health_query: must be a PromQL query, or false for none (got 3)"),
+    ("restore: {matchers: 'job=taskqueue'}",
+     "restore.matchers: must be PromQL label matchers like job=\"taskqueue-scaler\" "
+     "(got 'job=taskqueue')"),
+    ("restore: {enabled: 'yes'}", "restore.enabled: must be true or false (got 'yes')"),
+    ("restore: {matcher: 'a=\"b\"'}", "restore.matcher: unknown key"),
+])
+def test_health_query_and_restore_errors(extra, expected):
+    assert errors_of(f"prometheus: {{url: 'http://p'}}\n{extra}\nservices: []", {}) == [
+        expected]
+
+
+def test_pass_env_names_variables():
+    text = ("prometheus: {url: 'http://p'}\nservices:\n  - name: w\n    backend: {type: local, "
+            "command: x, pass_env: %s}\n    min: 1\n    max: 2\n"
+            "    rules: [{type: expression, query: x}]\n")
+    (service,) = parse_config(text % "[SENTRY_DSN, HTTP_PROXY]", {}).services
+    assert service.backend.pass_env == ("SENTRY_DSN", "HTTP_PROXY")
+    assert errors_of(text % "[1-BAD]", {}) == [
+        "services[0].backend.pass_env: must be a list of environment variable names "
+        "(got ['1-BAD'])"]
+
+
+def test_the_readmes_restore_block_is_valid_as_shown():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("**A restart keeps the windows and the rate policies.**")
+    (block,) = re.findall(r"```yaml\n(.*?)```", readme[start:readme.index("**Missing", start)],
+                          re.S)
+    config = parse_config("prometheus: {url: 'http://p'}\nservices: []\n" + block, {})
+    assert config.restore == RestoreConfig(enabled=True, matchers='job="taskqueue-scaler"')
