@@ -21,6 +21,7 @@ from tests.scrape import Samples, parse_text, series, value
 from tests.services import (
     MetricsTarget,
     PrometheusServer,
+    RedisServer,
     free_port,
     require,
     stop_process,
@@ -94,7 +95,7 @@ def test_rule_files_pass_promtool_check(promtool: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules_of(RECORDING))} rules found" in result.stdout
     assert f"SUCCESS: {len(rules_of(ALERTS))} rules found" in result.stdout
-    assert len(alert_rules()) == 13
+    assert len(alert_rules()) == 14
 
 
 def test_promtool_unit_tests_pass(promtool: str) -> None:
@@ -288,6 +289,8 @@ prometheus:
   url: {prometheus}
   timeout: 2s
 interval: 1s
+# A lease, so that every family of the scaler has a sample.
+lease: {{type: redis, url: '{redis}', name: alerts-test, ttl: 3s}}
 services:
   # Reads its queue: 25 tasks at 10 per worker, 3 sleeping "workers".
   - name: w-ok
@@ -328,12 +331,13 @@ def test_scaler_metrics_pass_promtool_lint(
     tmp_path: Path,
     depth_target: MetricsTarget,
     make_prometheus: Callable[..., PrometheusServer],
+    redis_server: RedisServer,
 ) -> None:
     prometheus = make_prometheus(targets=[depth_target.address])
     prometheus.wait_for_value('taskqueue_queue_depth{queue="default"}',
                               lambda values: values == [25.0], timeout=20)
     config = tmp_path / "scaler.yml"
-    config.write_text(SCALER_CONFIG.format(prometheus=prometheus.url))
+    config.write_text(SCALER_CONFIG.format(prometheus=prometheus.url, redis=redis_server.url))
     port = free_port()
     log = tmp_path / "scaler.log"
     with log.open("wb") as log_file:
