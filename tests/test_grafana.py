@@ -540,6 +540,12 @@ def test_every_panel_query_against_real_services(
             jobs={"taskqueue-exporter": [f"127.0.0.1:{exporter.port}"],
                   "taskqueue-scaler": [f"127.0.0.1:{scaler_port}"]},
             rule_files=rule_files())
+        # The exporter's health and the backlog record first: before them, on_empty: zero
+        # holds (and counts an error).
+        prometheus.wait_for_value("taskqueue_exporter_scrape_success", lambda v: v == [1.0],
+                                  timeout=20)
+        prometheus.wait_for_value("count(queue:taskqueue_backlog:sum)", lambda v: v == [1.0],
+                                  timeout=20)
         scaler = start_scaler(tmp_path, prometheus, redis_server.url, scaler_port)
         cleanup.callback(stop_scaler, scaler)
         app = events_app.create_app(redis_server.url)
