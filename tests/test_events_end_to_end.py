@@ -19,7 +19,7 @@ from exporter import metric_names as m
 from tests import events_app
 from tests.rabbitmq import MANAGEMENT_URL, Vhost, require_rabbitmq
 from tests.scrape import Samples, value
-from tests.services import Exporter, RedisServer, get, require, wait_for
+from tests.services import Exporter, RedisServer, get, require, self_signed_certificate, wait_for
 from tests.workers import BIN, WorkerProcess, _env
 
 Q = events_app.QUEUE
@@ -314,3 +314,60 @@ def test_broken_event_messages_are_counted_and_keep_the_connection(tmp_path: Pat
     assert log.count("event receiver: receiving Celery events") == 1, log
     assert log.count("ignored a malformed event") == 1, log
     assert "card-4111" not in log
+
+
+PASSWORD = "s3cret-Pa55"
+
+
+def test_the_password_as_a_query_parameter_reaches_events_and_inspect(tmp_path: Path) -> None:
+    # redis-py's form of the URL; kombu alone cannot read it. The worker and the
+    # producer use the other form, as the app's own config would.
+    server = RedisServer(tmp_path, password=PASSWORD).start()
+    url = f"redis://127.0.0.1:{server.port}/0?password={PASSWORD}"
+    exporter = Exporter(tmp_path, "--broker-url", url, "--queue", Q)
+    worker = start_worker(Broker(server.url, ()), tmp_path, "query")
+    app = events_app.create_app(server.url)
+    try:
+        # The worker's queue comes from an active_queues question (remote control).
+        wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
+                 what="the worker online for its queue")
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        wait_for(lambda: tasks(exporter.scrape(), "ev.sleep", "succeeded") == 1,
+                 what="the task's events")
+        server.stop()
+        wait_for(lambda: "event receiver: cannot read events" in exporter.output(),
+                 what="the receiver to report the outage")
+    finally:
+        app.close()
+        worker.stop()
+        code = exporter.stop()
+        server.stop()
+    log = exporter.output()
+    assert code == 0, log
+    assert f"cannot read events from redis://127.0.0.1:{server.port}/0?password=***:" in log, log
+    assert PASSWORD not in log
+
+
+def test_events_over_tls_with_the_password_as_a_query_parameter(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    server = RedisServer(tmp_path, password=PASSWORD, tls_cert=cert, tls_key=key).start()
+    # No ssl_cert_reqs: verified against the CA, as redis-py does by default.
+    url = f"rediss://127.0.0.1:{server.port}/0?password={PASSWORD}&ssl_ca_certs={cert}"
+    exporter = Exporter(tmp_path, "--broker-url", url, "--queue", Q)
+    app = events_app.create_app(server.url)
+    try:
+        wait_for(lambda: value(exporter.scrape(), m.EVENTS_CONNECTED.name) == 1,
+                 what="the receiver connected over TLS")
+        subscribed(server)
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        s = wait_for(lambda: (s := exporter.scrape()) and tasks(s, "ev.sleep", "sent") == 1
+                     and s, what="the task-sent event over TLS")
+        assert value(s, m.QUEUE_DEPTH.name, system="celery", queue=Q) == 1
+    finally:
+        app.close()
+        code = exporter.stop()
+        server.stop()
+    log = exporter.output()
+    assert code == 0, log
+    assert PASSWORD not in log
+    assert "insecure" not in log, log
