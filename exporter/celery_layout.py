@@ -59,6 +59,20 @@ class CeleryRedisLayout:
     def unacked_hash(self) -> str:
         return self.global_keyprefix + self.unacked_key
 
+    def transport_options(self) -> dict[str, object]:
+        """The layout as kombu's transport options, for the exporter's own connections.
+
+        Its event receiver and remote control write bindings into the app's
+        keys (`_kombu.binding.*`): with another `sep` than the app's, workers
+        cannot read them (`ValueError: not enough values to unpack`).
+        """
+        return {
+            "priority_steps": list(self.priority_steps),
+            "sep": self.sep,
+            "global_keyprefix": self.global_keyprefix,
+            "unacked_key": self.unacked_key,
+        }
+
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -65,8 +65,9 @@ class EventParts:
     """The event tracker with its two threads, started and stopped together."""
 
     def __init__(self, config: ExporterConfig, clock: Callable[[], float] = time.time) -> None:
-        options = {"global_keyprefix": config.layout.global_keyprefix} if (
-            config.layout.global_keyprefix and not config.rabbitmq) else {}
+        # The receiver and remote control write bindings into the app's keys: in
+        # the app's layout, or its workers cannot read them.
+        options = {} if config.rabbitmq else config.layout.transport_options()
         app = celery_app(config.broker_url, options, config.broker_timeout)
         tracker = EventTracker(TrackerOptions(
             wait_buckets=config.wait_buckets,

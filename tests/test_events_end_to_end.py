@@ -7,11 +7,13 @@ ran; a SIGKILLed worker must drop out within the heartbeat expiry.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,13 +51,16 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
         vhost.delete()
 
 
-def start_worker(broker: Broker, tmp_path: Path, name: str) -> WorkerProcess:
+def start_worker(broker: Broker, tmp_path: Path, name: str,
+                 transport_options: dict[str, Any] | None = None) -> WorkerProcess:
     args = [
         str(BIN / "celery"), "-A", "tests.events_app", "worker", "-E", "-P", "threads",
         "-c", "4", "-Q", Q, "-n", f"{name}@%h", "--heartbeat-interval", str(HEARTBEAT),
         "--without-gossip", "--without-mingle", "-l", "warning",
     ]
-    return WorkerProcess(args, _env(TQ_TEST_BROKER_URL=broker.url), tmp_path / f"{name}.log")
+    env = _env(TQ_TEST_BROKER_URL=broker.url,
+               TQ_TEST_TRANSPORT_OPTIONS=json.dumps(transport_options or {}))
+    return WorkerProcess(args, env, tmp_path / f"{name}.log")
 
 
 def subscribed(server: RedisServer) -> None:
@@ -371,3 +376,50 @@ def test_events_over_tls_with_the_password_as_a_query_parameter(tmp_path: Path) 
     assert code == 0, log
     assert PASSWORD not in log
     assert "insecure" not in log, log
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"sep": ":"},
+     {"global_keyprefix": "app1:", "sep": "|", "priority_steps": list(range(10)),
+      "unacked_key": "held"}],
+    ids=["sep", "global_keyprefix-sep-priority_steps-unacked_key"],
+)
+def test_every_connection_honours_the_apps_transport_options(
+    options: dict[str, Any], tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path).start()
+    flags = [f"--broker-transport-option={key}="
+             + (",".join(map(str, value)) if isinstance(value, list) else value)
+             for key, value in options.items()]
+    exporter = Exporter(tmp_path, "--broker-url", server.url, "--discovery-interval", "0",
+                        *flags)
+    worker = start_worker(Broker(server.url, ()), tmp_path, "opts", options)
+    app = events_app.create_app(server.url, options)
+    client = server.client()
+    try:
+        # The worker's queues come from its answer to the exporter's active_queues
+        # question: it must read the reply binding the exporter wrote.
+        wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
+                 what="the worker online for its queue")
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        app.tasks["ev.sleep"].apply_async((0.0,), queue="later", priority=9, countdown=600)
+        s = wait_for(lambda: (s := exporter.scrape())
+                     and tasks(s, "ev.sleep", "succeeded") == 1 and s, what="the task's events")
+        assert value(s, m.QUEUE_DEPTH.name, system="celery", queue="later") == 1
+        assert value(s, m.QUEUE_DEPTH.name, system="celery", queue=Q) == 0
+        prefix = options.get("global_keyprefix", "")
+        bindings = list(client.scan_iter(match=f"{prefix}_kombu.binding.*"))
+        assert bindings
+        for key in bindings:
+            for member in client.smembers(key):
+                assert len(member.decode().split(options["sep"])) == 3, (key, member)
+    finally:
+        client.close()
+        app.close()
+        worker.stop()
+        code = exporter.stop()
+        server.stop()
+    assert code == 0, exporter.output()
+    worker_log = (tmp_path / "opts.log").read_text()
+    assert "not enough values to unpack" not in worker_log, worker_log
