@@ -455,3 +455,53 @@ def test_queues_come_back_after_redis_is_flushed(make_app, redis_server, redis_c
     pools.reset()  # so that the producer declares its queue again
     add(make_app()).apply_async((1, 2), queue="after")
     assert celery_value(collect(collector), m.QUEUE_DEPTH, "after") == 1
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_countdown_tasks_are_not_due_in_either_task_protocol(protocol, make_app, redis_server,
+                                                             stamped, tmp_path: Path):
+    # Protocol 1 (task_protocol = 1, still set by some apps) carries id, task, eta
+    # and expires in the message body; protocol 2 in the headers.
+    app = make_app()
+    app.conf.task_protocol = protocol
+    for _ in range(3):  # the oldest, held back by their countdown
+        add(app).apply_async((1, 2), countdown=600, expires=1200)
+    before = time.time()
+    add(app).apply_async((1, 2))
+    after = time.time()
+    add(app).apply_async((1, 2), queue="later", countdown=600)
+    clock = Clock(after + 100.0)
+    collector = exporter(redis_server.url, clock=clock)
+
+    samples = collect(collector)
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 4
+    assert clock.now - after <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
+        clock.now - before)
+    assert celery_value(samples, m.QUEUE_DEPTH, "later") == 1
+    assert celery_value(samples, m.OLDEST_TASK_AGE, "later") == 0.0
+    assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") is None
+
+    # A real worker runs the due task and holds the three others until their ETA.
+    worker = celery_worker(redis_server.url, tmp_path / "worker.log")
+    try:
+        samples = wait_for(
+            lambda: (s := collect(collector)) and celery_value(s, m.QUEUE_DEPTH, "celery") == 0
+            and celery_value(s, m.TASKS_UNACKED, "celery") == 3 and s,
+            what="the worker to hold the three countdown tasks")
+    finally:
+        worker.stop()
+    assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 3
+    assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
+
+
+def test_a_pickled_protocol_1_task_is_counted_as_unparseable(make_app, redis_server):
+    app = make_app()
+    app.conf.update(task_protocol=1, accept_content=["json", "pickle"])
+    add(app).apply_async((1, 2), countdown=600, serializer="pickle")
+    collector = exporter(redis_server.url)
+
+    for samples in (collect(collector), collect(collector)):
+        assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 1
+        # Its ETA is inside the pickle: neither due nor not due, so no age.
+        assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
+        assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 1
