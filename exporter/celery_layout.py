@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import codecs
 import json
-import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -115,13 +112,14 @@ class Routing:
     def __init__(self, bindings: Iterable[Binding]) -> None:
         candidates: dict[tuple[str, str], set[str]] = {}
         self._topics: dict[str, list[tuple[re.Pattern[str], str]]] = {}
+        # Bindings whose pattern is not a regular expression: they match nothing.
+        self.broken: list[Binding] = []
         for b in bindings:
             if b.pattern:
                 try:
                     compiled = re.compile(b.pattern)
                 except re.error:
-                    log.warning("binding of queue %r: pattern %r is not a regular expression",
-                                b.queue, b.pattern)
+                    self.broken.append(b)
                     continue
                 self._topics.setdefault(b.exchange, []).append((compiled, b.queue))
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 import zlib
@@ -281,6 +282,37 @@ def test_a_key_of_the_wrong_type_does_not_break_the_scrape(make_app, redis_serve
     assert value(samples, m.SCRAPE_SUCCESS.name) == 1.0
     assert celery_value(samples, m.QUEUE_DEPTH, "good") == 1
     assert celery_value(samples, m.QUEUE_DEPTH, "broken") == 0
+
+
+def test_a_broken_key_is_logged_once_until_it_is_fixed(make_app, redis_server, redis_client,
+                                                      caplog: pytest.LogCaptureFixture):
+    app = make_app()
+    add(app).apply_async((1, 2), queue="broken")
+    redis_client.delete("broken")
+    redis_client.set("broken", "a string where a list should be")
+    # A binding member in another separator than the configured one (a wrong
+    # --broker-transport-option sep), and one that is not UTF-8.
+    redis_client.sadd("_kombu.binding.odd", "odd:odd:odd", b"\xff\x06\x16\x06\x16odd")
+    collector = exporter(redis_server.url)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert celery_value(collect(collector), m.QUEUE_DEPTH, "broken") == 0
+        assert len(warnings()) == 3, warnings()
+        assert len([w for w in warnings() if "'broken'" in w and "WRONGTYPE" in w]) == 1
+        assert len([w for w in warnings() if "'_kombu.binding.odd'" in w]) == 2
+        caplog.clear()
+        redis_client.delete("broken")  # fixed: read fine again...
+        assert celery_value(collect(collector), m.QUEUE_DEPTH, "broken") == 0
+        redis_client.set("broken", "broken again")  # ...then broken anew: said again
+        for _ in range(2):
+            collect(collector)
+        assert [w for w in warnings() if "'_kombu.binding.odd'" not in w] == [
+            "cannot read 'broken': WRONGTYPE Operation against a key holding the wrong kind "
+            "of value"]
 
 
 def test_queues_appear_and_disappear_without_restart(make_app, redis_server):
