@@ -136,7 +136,9 @@ class CeleryRedisReader:
             )
             for q in queues
         )
-        return BrokerSnapshot(taken_at=now, queues=snapshots, unparseable=tuple(unparseable))
+        found = bool(bindings) or any(q.depth or q.unacked for q in snapshots)
+        return BrokerSnapshot(taken_at=now, queues=snapshots, unparseable=tuple(unparseable),
+                              found=found)
 
     def _read_bindings(self, now: float) -> list[Binding]:
         if self._discover and now - self._scanned_at >= self._discovery_interval:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from types import FrameType
 
 import redis
@@ -22,6 +23,7 @@ from exporter.collector import BrokerReader, EventCollector, QueueCollector
 from exporter.config import ConfigError, ExporterConfig, parse_config
 from exporter.event_tracker import EventTracker, TrackerOptions
 from exporter.redaction import configure_logging, redact_url, secrets_of_url
+from exporter.redis_database import empty_database_warning
 from exporter.rq_redis import RQReader
 
 PROG = "taskqueue-exporter"
@@ -42,7 +44,8 @@ def connect(config: ExporterConfig) -> redis.Redis:
 def build_collector(
     config: ExporterConfig, client: redis.Redis, clock: Callable[[], float] = time.time
 ) -> QueueCollector:
-    return QueueCollector(redis_readers(config, client), clock=clock)
+    return QueueCollector(redis_readers(config, client), clock=clock,
+                          empty_warning=partial(empty_database_warning, client))
 
 
 def redis_readers(config: ExporterConfig, client: redis.Redis) -> list[BrokerReader]:
@@ -120,7 +123,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     configure_logging(config.log_level, secrets, quiet=("kombu", "amqp", "celery"))
     shown_url = redact_url(config.broker_url)
 
-    client: redis.Redis | None = None
     closers: list[Callable[[], None]] = []
     if config.rabbitmq:
         from exporter.rabbitmq import build_rabbitmq_reader
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             )
         except ValueError as error:
             return _fail(str(error), secrets)
-        readers: list[BrokerReader] = [reader]
+        collector = QueueCollector([reader])
         closers.append(reader.close)
     else:
         try:
@@ -141,11 +143,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             client.ping()
         except (ValueError, redis.RedisError) as error:
             return _fail(f"cannot connect to the broker at {shown_url}: {error}", secrets)
-        readers = redis_readers(config, client)
+        collector = build_collector(config, client)
         closers.append(client.close)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(readers))
+    registry.register(collector)
     events = EventParts(config) if config.events else None
     if events is not None:
         registry.register(events.collector)

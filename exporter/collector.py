@@ -48,11 +48,15 @@ class QueueCollector(Collector):
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
         ledger: UnparseableLedger | None = None,
+        empty_warning: Callable[[], str] | None = None,
     ) -> None:
         self._readers = tuple(readers)
         self._clock = clock
         self._timer = timer
         self._ledger = ledger or UnparseableLedger()
+        # What to say when the readers find no queue at all (built only then).
+        self._empty_warning = empty_warning
+        self._said_empty = False
         # Readers keep state between scrapes (first-seen times, discovery
         # cache); concurrent scrapes take turns.
         self._lock = threading.Lock()
@@ -67,6 +71,7 @@ class QueueCollector(Collector):
             started = self._timer()
             now = self._clock()
             queues: list[QueueSnapshot] = []
+            found: list[bool | None] = []
             # A big broker means tens of thousands of parsed messages per scrape,
             # none in a reference cycle: the cyclic GC would only add pauses.
             gc_enabled = gc.isenabled()
@@ -75,6 +80,7 @@ class QueueCollector(Collector):
                 for reader in self._readers:
                     snapshot = reader.read(now)
                     queues.extend(snapshot.queues)
+                    found.append(snapshot.found)
                     self._ledger.record(snapshot.unparseable)
                 success = True
             except BrokerReadError as error:
@@ -93,11 +99,21 @@ class QueueCollector(Collector):
                     gc.enable()
             if success:
                 self._report(True, "")
+                self._notice_empty(found)
             duration = self._timer() - started
             families = (queue_families(queues, now) if success else []) + exporter_families(
                 duration, success, self._ledger.totals()
             )
         yield from families
+
+    def _notice_empty(self, found: list[bool | None]) -> None:
+        """Warn once when no reader finds a queue; again after queues came and went."""
+        if any(found):
+            self._said_empty = False
+        elif found and None not in found and not self._said_empty:
+            self._said_empty = True
+            if self._empty_warning is not None:
+                log.warning("%s", self._empty_warning())
 
     def _report(self, healthy: bool, detail: str) -> None:
         """Log when the broker becomes unreadable and when it comes back, not every scrape."""

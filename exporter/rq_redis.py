@@ -50,7 +50,8 @@ class RQReader:
         return snapshot
 
     def _read(self, now: float) -> BrokerSnapshot:
-        queues = self._queue_names()
+        known = self._known_queues()
+        queues = sorted(set(self._explicit) | set(known))
         problems = self._problems
 
         def build(pipe: Any) -> None:
@@ -100,20 +101,24 @@ class RQReader:
                     scheduled=problems.as_int(row[6], f"rq:scheduled:{q}"),
                 )
             )
-        return BrokerSnapshot(taken_at=now, queues=tuple(snapshots), unparseable=tuple(unparseable))
+        found = bool(known) or any(
+            q.depth or q.started or q.failed or q.scheduled for q in snapshots)
+        return BrokerSnapshot(taken_at=now, queues=tuple(snapshots),
+                              unparseable=tuple(unparseable), found=found)
 
-    def _queue_names(self) -> list[str]:
-        names = set(self._explicit)
-        if self._discover:
-            for key in self._client.smembers(QUEUES_KEY):
-                text = key.decode("utf-8", "replace")
-                name = text[len(QUEUE_PREFIX):]
-                if text.startswith(QUEUE_PREFIX) and not any(
-                    fnmatch.fnmatchcase(name, pattern) for pattern in self._exclude
-                ):
-                    names.add(name)
-        return sorted(names)
-
+    def _known_queues(self) -> list[str]:
+        """The queues RQ lists in `rq:queues` (when discovering), exclusions left out."""
+        if not self._discover:
+            return []
+        names = []
+        for key in self._client.smembers(QUEUES_KEY):
+            text = key.decode("utf-8", "replace")
+            name = text[len(QUEUE_PREFIX):]
+            if text.startswith(QUEUE_PREFIX) and not any(
+                fnmatch.fnmatchcase(name, pattern) for pattern in self._exclude
+            ):
+                names.append(name)
+        return names
     def _enqueued_at(self, heads: list[list[str]]) -> dict[str, bytes | None]:
         ids = [job_id for ids in heads for job_id in ids]
         results = run_pipeline(

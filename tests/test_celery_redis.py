@@ -315,6 +315,37 @@ def test_a_broken_key_is_logged_once_until_it_is_fixed(make_app, redis_server, r
             "of value"]
 
 
+def test_a_database_without_queues_is_said_once(make_app, redis_server, redis_client,
+                                                caplog: pytest.LogCaptureFixture):
+    # The app's queues are in database 1; the exporter is pointed at database 0.
+    elsewhere = create_app(redis_server.url.replace("/0", "/1"))
+    add(elsewhere).apply_async((1, 2))
+    elsewhere.close()
+    collector = exporter(redis_server.url, "--queue", "celery")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            samples = collect(collector)
+            assert value(samples, m.SCRAPE_SUCCESS.name) == 1
+            assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 0
+        assert said() == [
+            "no Celery or RQ queue in Redis database 0 (keys are in database 1): nothing to "
+            "export until one appears (are the database number in --broker-url and the "
+            "global_keyprefix the app's?)"]
+        caplog.clear()
+        app = make_app()
+        add(app).apply_async((1, 2), queue="reports")
+        assert celery_value(collect(collector), m.QUEUE_DEPTH, "reports") == 1
+        delete_queue(app, "reports")
+        for _ in range(2):  # appeared and vanished: said again, once
+            collect(collector)
+        assert len(said()) == 1 and said()[0].startswith("no Celery or RQ queue in Redis "
+                                                         "database 0"), said()
+
+
 def test_queues_appear_and_disappear_without_restart(make_app, redis_server):
     app = make_app()
     collector = exporter(redis_server.url, "--queue", "always")
