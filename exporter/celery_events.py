@@ -71,12 +71,20 @@ class TrackerFeed:
         try:
             with self.lock:
                 self.tracker.handle(event, self._clock())
+                silent = self.tracker.take_silent_workers()
         except Exception:
             # A bug on one event must not stop the stream; say it once.
             if not self._failed:
                 log.exception("cannot process a %r event; later failures are not logged",
                               event.get("type"))
             self._failed = True
+            return
+        # "No metrics" is the usual complaint about Celery exporters: said here, from
+        # the events themselves, whether or not anything scrapes.
+        for hostname, tasks in silent:
+            log.warning("worker %s ran %d task%s but sent no task event: start the workers "
+                        "with -E (or set worker_send_task_events = True)",
+                        hostname, tasks, "" if tasks == 1 else "s")
 
     def resume(self) -> None:
         with self.lock:

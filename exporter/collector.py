@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter.celery_events import EventStream
 from exporter.celery_inspect import CeleryInspector
-from exporter.event_tracker import EventsSnapshot, EventTracker
+from exporter.event_tracker import EventTracker
 from exporter.families import (
     event_families,
     exporter_families,
@@ -126,24 +126,6 @@ class QueueCollector(Collector):
         self._healthy = healthy
 
 
-# Heartbeats arrive without -E; task events do not. Workers online this long
-# with no task event at all means the workers were started without -E.
-NO_TASK_EVENTS_AFTER = 60.0
-
-
-def events_advice(snapshot: EventsSnapshot, workers_since: float | None, now: float) -> str | None:
-    """Why the task metrics would be empty, when the events themselves tell."""
-    if "task" in snapshot.last_event or not snapshot.online or workers_since is None:
-        return None
-    if now - workers_since < NO_TASK_EVENTS_AFTER:
-        return None
-    names = ", ".join(w.hostname for w in snapshot.online[:3])
-    more = f" and {len(snapshot.online) - 3} more" if len(snapshot.online) > 3 else ""
-    return (f"workers {names}{more} are online but no task event has arrived in "
-            f"{now - workers_since:.0f}s: start the workers with -E "
-            "(or set worker_send_task_events = True)")
-
-
 class EventCollector(Collector):
     """Families from the event tracker; the tracker is fed by the event thread."""
 
@@ -163,8 +145,6 @@ class EventCollector(Collector):
         self._inspector = inspector
         self._per_worker = per_worker
         self._clock = clock
-        self._workers_since: float | None = None
-        self._advised: str | None = None
 
     def describe(self) -> list[Metric]:
         return []
@@ -175,7 +155,6 @@ class EventCollector(Collector):
         receiving = self._stream is None or self._stream.connected
         with self._lock:
             snapshot = self._tracker.snapshot(now, expire_workers=receiving)
-        self._advise(snapshot, now)
         yield from event_families(snapshot, task_label=self._tracker.options.task_label,
                                   per_worker=self._per_worker)
         inspecting = self._inspector is not None and self._inspector.interval is not None
@@ -184,13 +163,3 @@ class EventCollector(Collector):
             self._inspector.current(now) if self._inspector is not None else None,
             inspecting,
         )
-
-    def _advise(self, snapshot: EventsSnapshot, now: float) -> None:
-        if not snapshot.online:
-            self._workers_since = None
-        elif self._workers_since is None:
-            self._workers_since = now
-        advice = events_advice(snapshot, self._workers_since, now)
-        if advice is not None and self._advised is None:
-            log.warning("%s", advice)
-        self._advised = advice

@@ -184,6 +184,7 @@ def test_events_from_real_workers(broker: Broker, tmp_path: Path) -> None:
     assert code == 0, log
     assert "Traceback" not in log, log
     assert ":guest@" not in log  # the broker password (the test user's is "guest")
+    assert "sent no task event" not in log, log  # the worker has -E
 
 
 def test_workers_without_task_events_show_by_heartbeat_only(tmp_path: Path) -> None:
@@ -423,3 +424,36 @@ def test_every_connection_honours_the_apps_transport_options(
     assert code == 0, exporter.output()
     worker_log = (tmp_path / "opts.log").read_text()
     assert "not enough values to unpack" not in worker_log, worker_log
+
+
+def test_workers_without_task_events_are_named_from_the_event_stream(tmp_path: Path) -> None:
+    # Nothing scrapes this exporter: the advice must come from the events alone.
+    server = RedisServer(tmp_path).start()
+    exporter = Exporter(tmp_path, "--broker-url", server.url, "--queue", Q)
+    app = events_app.create_app(server.url)
+    args = [str(BIN / "celery"), "-A", "tests.events_app", "worker", "-P", "threads", "-c", "1",
+            "-Q", Q, "-n", "quiet@%h", "--heartbeat-interval", str(HEARTBEAT),
+            "--without-gossip", "--without-mingle", "-l", "warning"]
+
+    def advice() -> list[str]:
+        return [line for line in exporter.output().splitlines() if "-E" in line]
+
+    try:
+        # The same worker twice: killed (no worker-offline), then back online, still without -E.
+        for times in (1, 2):
+            worker = WorkerProcess(args, _env(TQ_TEST_BROKER_URL=server.url),
+                                   tmp_path / f"quiet-{times}.log")
+            try:
+                app.tasks["ev.sleep"].apply_async((0.0,))
+                wait_for(lambda times=times: len(advice()) == times, timeout=30,
+                         what=f"advice number {times}")
+            finally:
+                worker.kill() if times == 1 else worker.stop()
+    finally:
+        app.close()
+        code = exporter.stop()
+        server.stop()
+    assert code == 0, exporter.output()
+    assert all(line.split(": ", 1)[1].startswith("worker quiet@") for line in advice()), advice()
+    assert all("ran 1 task but sent no task event: start the workers with -E (or set "
+               "worker_send_task_events = True)" in line for line in advice()), advice()
