@@ -164,9 +164,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The one place that says where to look: `make run` prints nothing of its own.
     log.info(
-        "exporting %s on http://%s:%d/metrics%s", shown_url, config.listen_address, config.port,
+        "exporting %s%s at %s (listening on %s)", shown_url,
         " with Celery events" if events is not None else "",
+        server.metrics_url(config.listen_address, httpd.server_port),
+        f"[{config.listen_address}]:{httpd.server_port}" if ":" in config.listen_address
+        else f"{config.listen_address}:{httpd.server_port}",
     )
     if events is not None:
         events.start()
