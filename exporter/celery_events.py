@@ -12,8 +12,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from exporter.event_tracker import EventTracker
+from exporter.redis_url import kombu_redis_settings
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,29 @@ HEALTHY_AFTER = 60.0
 
 
 def celery_app(broker_url: str, transport_options: Mapping[str, Any], timeout: float) -> Any:
-    """A private Celery app, only for its event receiver and remote control."""
+    """A private Celery app, only for its event receiver and remote control.
+
+    A Redis URL reaches kombu as redis-py reads it (kombu_redis_settings), so
+    both URL forms (`redis://:pw@host` and `redis://host?password=pw`) connect.
+    `transport_options` win over the URL's own socket options.
+    """
     from celery import Celery
 
-    app = Celery("taskqueue-exporter", broker=broker_url, set_as_current=False)
-    app.conf.broker_transport_options = dict(transport_options)
+    options = dict(transport_options)
+    if urlsplit(broker_url).scheme.lower() in ("redis", "rediss"):
+        settings = kombu_redis_settings(broker_url)
+        if settings.ignored:
+            log.warning("event receiver: --broker-url parameters %s apply to queue reads only",
+                        ", ".join(settings.ignored))
+        app = Celery("taskqueue-exporter", broker=settings.url, set_as_current=False)
+        app.conf.broker_user = settings.user
+        app.conf.broker_password = settings.password
+        if settings.ssl is not None:
+            app.conf.broker_use_ssl = dict(settings.ssl)
+        options = {**settings.transport_options, **options}
+    else:
+        app = Celery("taskqueue-exporter", broker=broker_url, set_as_current=False)
+    app.conf.broker_transport_options = options
     app.conf.broker_connection_timeout = timeout
     return app
 
@@ -51,12 +71,20 @@ class TrackerFeed:
         try:
             with self.lock:
                 self.tracker.handle(event, self._clock())
+                silent = self.tracker.take_silent_workers()
         except Exception:
             # A bug on one event must not stop the stream; say it once.
             if not self._failed:
                 log.exception("cannot process a %r event; later failures are not logged",
                               event.get("type"))
             self._failed = True
+            return
+        # "No metrics" is the usual complaint about Celery exporters: said here, from
+        # the events themselves, whether or not anything scrapes.
+        for hostname, tasks in silent:
+            log.warning("worker %s ran %d task%s but sent no task event: start the workers "
+                        "with -E (or set worker_send_task_events = True)",
+                        hostname, tasks, "" if tasks == 1 else "s")
 
     def resume(self) -> None:
         with self.lock:

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import codecs
 import json
-import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -58,6 +55,20 @@ class CeleryRedisLayout:
     @property
     def unacked_hash(self) -> str:
         return self.global_keyprefix + self.unacked_key
+
+    def transport_options(self) -> dict[str, object]:
+        """The layout as kombu's transport options, for the exporter's own connections.
+
+        Its event receiver and remote control write bindings into the app's
+        keys (`_kombu.binding.*`): with another `sep` than the app's, workers
+        cannot read them (`ValueError: not enough values to unpack`).
+        """
+        return {
+            "priority_steps": list(self.priority_steps),
+            "sep": self.sep,
+            "global_keyprefix": self.global_keyprefix,
+            "unacked_key": self.unacked_key,
+        }
 
 
 def _glob_escape(text: str) -> str:
@@ -101,13 +112,14 @@ class Routing:
     def __init__(self, bindings: Iterable[Binding]) -> None:
         candidates: dict[tuple[str, str], set[str]] = {}
         self._topics: dict[str, list[tuple[re.Pattern[str], str]]] = {}
+        # Bindings whose pattern is not a regular expression: they match nothing.
+        self.broken: list[Binding] = []
         for b in bindings:
             if b.pattern:
                 try:
                     compiled = re.compile(b.pattern)
                 except re.error:
-                    log.warning("binding of queue %r: pattern %r is not a regular expression",
-                                b.queue, b.pattern)
+                    self.broken.append(b)
                     continue
                 self._topics.setdefault(b.exchange, []).append((compiled, b.queue))
             else:

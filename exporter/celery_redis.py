@@ -28,7 +28,7 @@ from exporter.messages import (
     parse_unacked_entry,
     routing_of_unacked,
 )
-from exporter.pipeline import PackedBatch, as_int, as_value, run_pipeline
+from exporter.pipeline import KeyProblems, PackedBatch, run_pipeline
 from exporter.snapshot import BrokerSnapshot, QueueSnapshot, Unparseable
 
 log = logging.getLogger(__name__)
@@ -102,21 +102,29 @@ class CeleryRedisReader:
         self._tails_seen: dict[str, tuple[bytes, CeleryMessage]] = {}
         self._bindings_batch: PackedBatch | None = None
         self._bindings_batch_keys: tuple[str, ...] = ()
+        self._problems = KeyProblems()
 
     def read(self, now: float) -> BrokerSnapshot:
         try:
-            return self._read(now)
+            snapshot = self._read(now)
         except BaseException:
             # A restarted or flushed Redis may come back with other queues.
             self._scanned_at = -math.inf
+            self._problems.settle(complete=False)
             raise
+        self._problems.settle(complete=True)
+        return snapshot
 
     def _read(self, now: float) -> BrokerSnapshot:
         bindings = self._read_bindings(now)
         queues = self._queue_names(bindings)
         unparseable: list[Unparseable] = []
         depth, oldest = self._read_lists(queues, now, unparseable)
-        unacked, scheduled = self._read_unacked(Routing(bindings), set(queues), now, unparseable)
+        routing = Routing(bindings)
+        for binding in routing.broken:
+            self._problems.warn(("pattern", binding), "binding of queue %r: pattern %r is not a "
+                                "regular expression", binding.queue, binding.pattern)
+        unacked, scheduled = self._read_unacked(routing, set(queues), now, unparseable)
         snapshots = tuple(
             QueueSnapshot(
                 system="celery",
@@ -128,7 +136,9 @@ class CeleryRedisReader:
             )
             for q in queues
         )
-        return BrokerSnapshot(taken_at=now, queues=snapshots, unparseable=tuple(unparseable))
+        found = bool(bindings) or any(q.depth or q.unacked for q in snapshots)
+        return BrokerSnapshot(taken_at=now, queues=snapshots, unparseable=tuple(unparseable),
+                              found=found)
 
     def _read_bindings(self, now: float) -> list[Binding]:
         if self._discover and now - self._scanned_at >= self._discovery_interval:
@@ -147,8 +157,9 @@ class CeleryRedisReader:
         results = self._bindings_batch.run(self._client)
         bindings: list[Binding] = []
         alive: list[str] = []
+        sep = self._layout.sep
         for key, members in zip(keys, results, strict=True):
-            members = as_value(members, key)
+            members = self._problems.as_value(members, key)
             if not members:
                 continue
             alive.append(key)
@@ -157,10 +168,17 @@ class CeleryRedisReader:
                 try:
                     text = member.decode("utf-8")
                 except UnicodeDecodeError:
-                    log.warning("binding %r: member is not UTF-8, ignored", key)
+                    self._problems.warn(("utf-8", key),
+                                        "binding %r: a member is not UTF-8, ignored", key)
                     continue
-                binding = parse_binding_member(exchange, text, self._layout.sep)
-                if binding is not None and not binding.is_internal:
+                binding = parse_binding_member(exchange, text, sep)
+                if binding is None:
+                    # kombu's members all split this way: one cause, a wrong sep (which
+                    # hides every queue), however many bindings show it.
+                    self._problems.warn(
+                        "sep", "binding %r: a member does not split in three at sep %r, ignored "
+                        "(is --broker-transport-option sep= the app's?)", key, sep)
+                elif not binding.is_internal:
                     bindings.append(binding)
         # A binding set that vanished means its queue was deleted (or Redis was
         # flushed): stop reading it, and look for what exists now at the next scrape.
@@ -198,12 +216,12 @@ class CeleryRedisReader:
                 length = next(replies)
                 tail = next(replies)
                 if type(length) is not int:
-                    length = as_int(length, key)
+                    length = self._problems.as_int(length, key)
                 if not length:
                     continue
                 depth[queue] += length
                 if type(tail) is not bytes:
-                    as_value(tail, key)
+                    self._problems.as_value(tail, key)
                     continue
                 seen = previous.get(key)
                 if seen is not None and seen[0] == tail:
@@ -251,7 +269,8 @@ class CeleryRedisReader:
             )
             still: list[_Sublist] = []
             for sub, chunk in zip(pending, chunks, strict=True):
-                message = self._examine(sub, as_value(chunk, sub.key) or [], now, unparseable)
+                message = self._examine(sub, self._problems.as_value(chunk, sub.key) or [], now,
+                                        unparseable)
                 if message is not None:
                     found.append((sub.queue, message))
                 elif sub.examined < sub.depth:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from types import FrameType
 
 import redis
@@ -22,6 +23,7 @@ from exporter.collector import BrokerReader, EventCollector, QueueCollector
 from exporter.config import ConfigError, ExporterConfig, parse_config
 from exporter.event_tracker import EventTracker, TrackerOptions
 from exporter.redaction import configure_logging, redact_url, secrets_of_url
+from exporter.redis_database import empty_database_warning
 from exporter.rq_redis import RQReader
 
 PROG = "taskqueue-exporter"
@@ -42,7 +44,8 @@ def connect(config: ExporterConfig) -> redis.Redis:
 def build_collector(
     config: ExporterConfig, client: redis.Redis, clock: Callable[[], float] = time.time
 ) -> QueueCollector:
-    return QueueCollector(redis_readers(config, client), clock=clock)
+    return QueueCollector(redis_readers(config, client), clock=clock,
+                          empty_warning=partial(empty_database_warning, client))
 
 
 def redis_readers(config: ExporterConfig, client: redis.Redis) -> list[BrokerReader]:
@@ -65,8 +68,9 @@ class EventParts:
     """The event tracker with its two threads, started and stopped together."""
 
     def __init__(self, config: ExporterConfig, clock: Callable[[], float] = time.time) -> None:
-        options = {"global_keyprefix": config.layout.global_keyprefix} if (
-            config.layout.global_keyprefix and not config.rabbitmq) else {}
+        # The receiver and remote control write bindings into the app's keys: in
+        # the app's layout, or its workers cannot read them.
+        options = {} if config.rabbitmq else config.layout.transport_options()
         app = celery_app(config.broker_url, options, config.broker_timeout)
         tracker = EventTracker(TrackerOptions(
             wait_buckets=config.wait_buckets,
@@ -119,7 +123,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     configure_logging(config.log_level, secrets, quiet=("kombu", "amqp", "celery"))
     shown_url = redact_url(config.broker_url)
 
-    client: redis.Redis | None = None
     closers: list[Callable[[], None]] = []
     if config.rabbitmq:
         from exporter.rabbitmq import build_rabbitmq_reader
@@ -132,7 +135,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             )
         except ValueError as error:
             return _fail(str(error), secrets)
-        readers: list[BrokerReader] = [reader]
+        collector = QueueCollector([reader])
         closers.append(reader.close)
     else:
         try:
@@ -140,11 +143,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             client.ping()
         except (ValueError, redis.RedisError) as error:
             return _fail(f"cannot connect to the broker at {shown_url}: {error}", secrets)
-        readers = redis_readers(config, client)
+        collector = build_collector(config, client)
         closers.append(client.close)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(QueueCollector(readers))
+    registry.register(collector)
     events = EventParts(config) if config.events else None
     if events is not None:
         registry.register(events.collector)
@@ -161,9 +164,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The one place that says where to look: `make run` prints nothing of its own.
     log.info(
-        "exporting %s on http://%s:%d/metrics%s", shown_url, config.listen_address, config.port,
+        "exporting %s%s at %s (listening on %s)", shown_url,
         " with Celery events" if events is not None else "",
+        server.metrics_url(config.listen_address, httpd.server_port),
+        f"[{config.listen_address}]:{httpd.server_port}" if ":" in config.listen_address
+        else f"{config.listen_address}:{httpd.server_port}",
     )
     if events is not None:
         events.start()

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter.celery_events import EventStream
 from exporter.celery_inspect import CeleryInspector
-from exporter.event_tracker import EventsSnapshot, EventTracker
+from exporter.event_tracker import EventTracker
 from exporter.families import (
     event_families,
     exporter_families,
@@ -48,11 +48,15 @@ class QueueCollector(Collector):
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
         ledger: UnparseableLedger | None = None,
+        empty_warning: Callable[[], str] | None = None,
     ) -> None:
         self._readers = tuple(readers)
         self._clock = clock
         self._timer = timer
         self._ledger = ledger or UnparseableLedger()
+        # What to say when the readers find no queue at all (built only then).
+        self._empty_warning = empty_warning
+        self._said_empty = False
         # Readers keep state between scrapes (first-seen times, discovery
         # cache); concurrent scrapes take turns.
         self._lock = threading.Lock()
@@ -67,6 +71,7 @@ class QueueCollector(Collector):
             started = self._timer()
             now = self._clock()
             queues: list[QueueSnapshot] = []
+            found: list[bool | None] = []
             # A big broker means tens of thousands of parsed messages per scrape,
             # none in a reference cycle: the cyclic GC would only add pauses.
             gc_enabled = gc.isenabled()
@@ -75,6 +80,7 @@ class QueueCollector(Collector):
                 for reader in self._readers:
                     snapshot = reader.read(now)
                     queues.extend(snapshot.queues)
+                    found.append(snapshot.found)
                     self._ledger.record(snapshot.unparseable)
                 success = True
             except BrokerReadError as error:
@@ -93,11 +99,21 @@ class QueueCollector(Collector):
                     gc.enable()
             if success:
                 self._report(True, "")
+                self._notice_empty(found)
             duration = self._timer() - started
             families = (queue_families(queues, now) if success else []) + exporter_families(
                 duration, success, self._ledger.totals()
             )
         yield from families
+
+    def _notice_empty(self, found: list[bool | None]) -> None:
+        """Warn once when no reader finds a queue; again after queues came and went."""
+        if any(found):
+            self._said_empty = False
+        elif found and None not in found and not self._said_empty:
+            self._said_empty = True
+            if self._empty_warning is not None:
+                log.warning("%s", self._empty_warning())
 
     def _report(self, healthy: bool, detail: str) -> None:
         """Log when the broker becomes unreadable and when it comes back, not every scrape."""
@@ -108,24 +124,6 @@ class QueueCollector(Collector):
         elif not healthy:
             log.debug("cannot read the broker: %s", detail)
         self._healthy = healthy
-
-
-# Heartbeats arrive without -E; task events do not. Workers online this long
-# with no task event at all means the workers were started without -E.
-NO_TASK_EVENTS_AFTER = 60.0
-
-
-def events_advice(snapshot: EventsSnapshot, workers_since: float | None, now: float) -> str | None:
-    """Why the task metrics would be empty, when the events themselves tell."""
-    if "task" in snapshot.last_event or not snapshot.online or workers_since is None:
-        return None
-    if now - workers_since < NO_TASK_EVENTS_AFTER:
-        return None
-    names = ", ".join(w.hostname for w in snapshot.online[:3])
-    more = f" and {len(snapshot.online) - 3} more" if len(snapshot.online) > 3 else ""
-    return (f"workers {names}{more} are online but no task event has arrived in "
-            f"{now - workers_since:.0f}s: start the workers with -E "
-            "(or set worker_send_task_events = True)")
 
 
 class EventCollector(Collector):
@@ -147,8 +145,6 @@ class EventCollector(Collector):
         self._inspector = inspector
         self._per_worker = per_worker
         self._clock = clock
-        self._workers_since: float | None = None
-        self._advised: str | None = None
 
     def describe(self) -> list[Metric]:
         return []
@@ -159,7 +155,6 @@ class EventCollector(Collector):
         receiving = self._stream is None or self._stream.connected
         with self._lock:
             snapshot = self._tracker.snapshot(now, expire_workers=receiving)
-        self._advise(snapshot, now)
         yield from event_families(snapshot, task_label=self._tracker.options.task_label,
                                   per_worker=self._per_worker)
         inspecting = self._inspector is not None and self._inspector.interval is not None
@@ -168,13 +163,3 @@ class EventCollector(Collector):
             self._inspector.current(now) if self._inspector is not None else None,
             inspecting,
         )
-
-    def _advise(self, snapshot: EventsSnapshot, now: float) -> None:
-        if not snapshot.online:
-            self._workers_since = None
-        elif self._workers_since is None:
-            self._workers_since = now
-        advice = events_advice(snapshot, self._workers_since, now)
-        if advice is not None and self._advised is None:
-            log.warning("%s", advice)
-        self._advised = advice

@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--broker-url",
-        help="redis://[:password@]host:port/db or amqp://user:password@host:port/vhost "
-        "(required)",
+        help="redis://[:password@]host:port/db (or ...?password=...) or "
+        "amqp://user:password@host:port/vhost (required)",
     )
     p.add_argument(
         "--rabbitmq-management-url", metavar="URL",

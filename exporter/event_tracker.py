@@ -139,6 +139,12 @@ class _Worker:
     queues: frozenset[str] | None = None
     learned: set[str] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
+    # Whether it sends task events (-E), told from its heartbeats' `processed`
+    # count: at the first heartbeat watched, and at the last one.
+    processed_from: int | None = None
+    processed: int = 0
+    task_events: bool = False
+    silent: bool = False  # said to run tasks without task events
 
     def serves(self) -> frozenset[str] | set[str]:
         return self.queues if self.queues is not None else self.learned
@@ -200,6 +206,7 @@ class EventTracker:
             "worker-offline": self._on_offline,
         }
         self._since_sweep = 0
+        self._silent: list[tuple[str, int]] = []
 
     # -- input -------------------------------------------------------------
 
@@ -211,8 +218,12 @@ class EventTracker:
             self._events["other"] = self._events.get("other", 0) + 1
             return
         self._events[kind] = self._events.get(kind, 0) + 1
-        self._last_event[_GROUPS.get(kind, "task")] = now
+        group = _GROUPS.get(kind, "task")
+        self._last_event[group] = now
         handler(event, now)
+        hostname = event.get("hostname")
+        if group == "task" and isinstance(hostname, str) and hostname in self._workers:
+            self._workers[hostname].task_events = True
         self._since_sweep += 1
         if self._since_sweep >= 10_000:
             self.expire(now, workers=False)
@@ -236,9 +247,20 @@ class EventTracker:
         """
         for worker in self._workers.values():
             worker.last_seen = max(worker.last_seen, now)
+            # Task events of the outage are lost: watch its tasks anew.
+            worker.processed_from = None
 
     def workers_online(self) -> int:
         return len(self._workers)
+
+    def take_silent_workers(self) -> list[tuple[str, int]]:
+        """Workers found running tasks without sending task events since the last call.
+
+        (hostname, tasks run while watched). Each worker once per run of it:
+        again only when it comes back online.
+        """
+        found, self._silent = self._silent, []
+        return found
 
     def workers_without_queues(self) -> list[str]:
         return [h for h, w in self._workers.items() if w.queues is None]
@@ -445,6 +467,10 @@ class EventTracker:
         freq = _number(event.get("freq"))
         if freq is not None and freq > 0:
             worker.freq = freq
+        processed = _number(event.get("processed"))
+        if processed is not None:
+            self._watch_task_events(event["hostname"], worker, int(processed),
+                                    online=event["type"] == "worker-online")
         active = _number(event.get("active"))
         if active is None:
             return
@@ -456,6 +482,30 @@ class EventTracker:
                          if (self._tasks[u].started_at or 0.0) < horizon]:
                 worker.tasks.discard(uuid)
                 self._tasks[uuid].worker = None
+
+    def _watch_task_events(self, hostname: str, worker: _Worker, processed: int,
+                           online: bool) -> None:
+        """Note a worker that runs tasks and sends no task event: one started without -E.
+
+        `processed` counts the tasks a worker has started since it started.
+        Grown by the previous heartbeat with no task event from the worker
+        since watching began, it is a worker without -E: with -E, task-received
+        goes out before the count grows, and a whole heartbeat interval has
+        passed since. Idle workers and tasks run before the exporter listened
+        prove nothing either way.
+        """
+        if online or worker.processed_from is None or processed < worker.processed:
+            # A (re)started worker, or a first look: watch from here.
+            if online or processed < worker.processed:
+                worker.silent = False
+            worker.processed_from = worker.processed = processed
+            worker.task_events = False
+            return
+        if (not worker.task_events and not worker.silent
+                and worker.processed > worker.processed_from):
+            worker.silent = True
+            self._silent.append((hostname, worker.processed - worker.processed_from))
+        worker.processed = processed
 
     def _on_offline(self, event: Mapping[str, Any], now: float) -> None:
         hostname = event.get("hostname")

@@ -7,6 +7,8 @@ depth and move on, so a broken message never breaks a scrape.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -103,22 +105,66 @@ def parse_iso_time(value: object) -> float:
     return parsed.timestamp()
 
 
-def _celery_fields(envelope: Any, now: float) -> CeleryMessage:
+def _headers(envelope: Any) -> dict[str, Any]:
     if not isinstance(envelope, dict):
         raise MessageError("not a kombu envelope")
     headers = envelope.get("headers")
     if not isinstance(headers, dict):
         raise MessageError("no headers")
-    task_id = headers.get("id")
+    return headers
+
+
+def _task_fields(envelope: dict[str, Any], headers: dict[str, Any]) -> dict[str, Any]:
+    """Where the task's id, eta and expires are: the headers, or a protocol 1 body.
+
+    Celery's task protocol 2 puts them in the headers, with `task`; protocol 1
+    (`task_protocol = 1`) leaves the headers empty (but for the producer hook's
+    stamp) and puts `task`, `id`, `eta`, `expires`... in the body. Celery's
+    worker tells them apart the same way: by `task` in the headers.
+    """
+    if "task" in headers:
+        return headers
+    body = _protocol1_body(envelope, headers)
+    if not isinstance(body, dict) or not isinstance(body.get("task"), str):
+        raise MessageError("neither task headers nor a task protocol 1 body")
+    return body
+
+
+def _protocol1_body(envelope: dict[str, Any], headers: dict[str, Any]) -> Any:
+    body = envelope.get("body")
+    if not isinstance(body, str):
+        raise MessageError("neither task headers nor a task protocol 1 body")
+    content_type = envelope.get("content-type")
+    if content_type != "application/json" or "compression" in headers:
+        # The ETA is inside: whether the task is due cannot be told.
+        compressed = headers.get("compression")
+        raise MessageError(f"task protocol 1 body in {content_type!r}"
+                           + (f" compressed with {compressed!r}" if compressed else ""))
+    properties = envelope.get("properties")
+    encoding = properties.get("body_encoding") if isinstance(properties, dict) else None
+    if encoding not in ("base64", None):
+        raise MessageError("task protocol 1 body not readable")
+    try:
+        raw = base64.b64decode(body, validate=True) if encoding == "base64" else body
+        return orjson.loads(raw)
+    except (binascii.Error, orjson.JSONDecodeError):
+        raise MessageError("task protocol 1 body not readable") from None
+
+
+def _celery_fields(envelope: Any, now: float) -> CeleryMessage:
+    headers = _headers(envelope)
+    fields = _task_fields(envelope, headers)
+    task_id = fields.get("id")
     if not isinstance(task_id, str):
         properties = envelope.get("properties")
         correlation = properties.get("correlation_id") if isinstance(properties, dict) else None
         task_id = correlation if isinstance(correlation, str) else None
+    # The producer hook stamps the headers in both protocols.
     stamp = headers.get(PUBLISHED_AT_HEADER)
     published_at = None if stamp is None else parse_epoch(stamp, now)
     if published_at is None and task_id is None:
         raise MessageError("no task id and no publish time")
-    eta_value = headers.get("eta")
+    eta_value = fields.get("eta")
     eta = None if eta_value is None else parse_iso_time(eta_value)
     return CeleryMessage(task_id=task_id, published_at=published_at, eta=eta)
 
@@ -156,10 +202,7 @@ def parse_unacked_entry(raw: bytes, now: float, max_bytes: int) -> UnackedEntry:
     if not (isinstance(exchange, str) and isinstance(routing_key, str)):
         raise MessageError("not an unacked entry")
     # Only the ETA matters here: a bad publish stamp must not hide it.
-    headers = envelope.get("headers") if isinstance(envelope, dict) else None
-    if not isinstance(headers, dict):
-        raise MessageError("no headers")
-    eta = headers.get("eta")
+    eta = _task_fields(envelope, _headers(envelope)).get("eta")
     return UnackedEntry(exchange, routing_key, None if eta is None else parse_iso_time(eta))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Hashable
 from typing import Any
 
 import redis
@@ -24,19 +24,42 @@ def run_pipeline(client: redis.Redis, build: Callable[[Any], None]) -> list[Any]
         return pipe.execute(raise_on_error=False)
 
 
-def as_int(value: Any, key: bytes | str) -> int:
-    """An integer reply, or 0 (with a warning) when the command failed for this key."""
-    if isinstance(value, Exception):
-        log.warning("cannot read %r: %s", key, value)
-        return 0
-    return int(value or 0)
+class KeyProblems:
+    """Warnings about broken keys, once per cause rather than at every scrape.
 
+    A cause (a key of the wrong type, a binding member that cannot be read)
+    is warned about the first scrape it shows up in, then no more while it
+    lasts. A complete scrape without it ends it: broken again later, it is
+    warned about again. Memory is bounded by the causes of one scrape.
+    """
 
-def as_value(value: Any, key: bytes | str) -> Any:
-    if isinstance(value, Exception):
-        log.warning("cannot read %r: %s", key, value)
-        return None
-    return value
+    def __init__(self) -> None:
+        self._known: set[Hashable] = set()
+        self._current: set[Hashable] = set()
+
+    def warn(self, cause: Hashable, message: str, *args: object) -> None:
+        if cause not in self._known and cause not in self._current:
+            log.warning(message, *args)
+        self._current.add(cause)
+
+    def as_int(self, value: Any, key: bytes | str) -> int:
+        """An integer reply, or 0 (with a warning) when the command failed for this key."""
+        if isinstance(value, Exception):
+            self.warn(key, "cannot read %r: %s", key, value)
+            return 0
+        return int(value or 0)
+
+    def as_value(self, value: Any, key: bytes | str) -> Any:
+        """The reply, or None (with a warning) when the command failed for this key."""
+        if isinstance(value, Exception):
+            self.warn(key, "cannot read %r: %s", key, value)
+            return None
+        return value
+
+    def settle(self, complete: bool) -> None:
+        """The scrape is over. One cut short says nothing about causes it did not reach."""
+        self._known = self._current if complete else self._known | self._current
+        self._current = set()
 
 
 class PackedBatch:

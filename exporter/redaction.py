@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 MASK = "***"
 
@@ -21,11 +21,12 @@ def redact_url(url: str) -> str:
         user = parts.username or ""
         host = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(key == "password" for key, _ in query):
-        # redis-py also takes the password as a query parameter.
-        masked = [(k, MASK if k == "password" else v) for k, v in query]
-        parts = parts._replace(query=urlencode(masked, safe="*"))
+    # redis-py also takes the password as a query parameter. Masked in place:
+    # the other parameters stay as written.
+    parts = parts._replace(query="&".join(
+        f"{key}={MASK}" if unquote_plus(key) == "password" and sep else f"{key}{sep}{value}"
+        for key, sep, value in (pair.partition("=") for pair in _query_pairs(parts.query))
+    ))
     # Not urlunsplit: it turns unix:///path into unix:/path.
     query = f"?{parts.query}" if parts.query else ""
     fragment = f"#{parts.fragment}" if parts.fragment else ""
@@ -38,9 +39,16 @@ def secrets_of_url(url: str) -> tuple[str, ...]:
         passwords = [parts.password or ""]
     except ValueError:
         return ()
-    passwords += [v for k, v in parse_qsl(parts.query) if k == "password"]
-    # redis-py percent-decodes the password, so either spelling may show up in an error.
-    return tuple(dict.fromkeys(s for p in passwords if p for s in (p, unquote(p))))
+    passwords += [value for key, _, value in
+                  (pair.partition("=") for pair in _query_pairs(parts.query))
+                  if unquote_plus(key) == "password"]
+    # Decoded by whatever reads it, so any spelling may show up in an error.
+    return tuple(dict.fromkeys(
+        s for p in passwords if p for s in (p, unquote(p), unquote_plus(p)) if s))
+
+
+def _query_pairs(query: str) -> list[str]:
+    return [pair for pair in query.split("&") if pair]
 
 
 class RedactingFilter(logging.Filter):

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from exporter.messages import MessageError, fingerprint, parse_iso_time
-from exporter.pipeline import as_int, as_value, run_pipeline
+from exporter.pipeline import KeyProblems, run_pipeline
 from exporter.snapshot import BrokerSnapshot, QueueSnapshot, Unparseable
 
 QUEUES_KEY = "rq:queues"
@@ -38,9 +38,21 @@ class RQReader:
         self._explicit = tuple(dict.fromkeys(queues))
         self._discover = discover
         self._exclude = tuple(exclude)
+        self._problems = KeyProblems()
 
     def read(self, now: float) -> BrokerSnapshot:
-        queues = self._queue_names()
+        try:
+            snapshot = self._read(now)
+        except BaseException:
+            self._problems.settle(complete=False)
+            raise
+        self._problems.settle(complete=True)
+        return snapshot
+
+    def _read(self, now: float) -> BrokerSnapshot:
+        known = self._known_queues()
+        queues = sorted(set(self._explicit) | set(known))
+        problems = self._problems
 
         def build(pipe: Any) -> None:
             for q in queues:
@@ -56,7 +68,8 @@ class RQReader:
         results = run_pipeline(self._client, build)
         rows = [results[i * 7:(i + 1) * 7] for i in range(len(queues))]
         heads = [
-            [job_id.decode("utf-8", "replace") for job_id in (as_value(row[1], q) or [])]
+            [job_id.decode("utf-8", "replace")
+             for job_id in (problems.as_value(row[1], QUEUE_PREFIX + q) or [])]
             for q, row in zip(queues, rows, strict=True)
         ]
         enqueued = self._enqueued_at(heads)
@@ -79,30 +92,37 @@ class RQReader:
                 QueueSnapshot(
                     system="rq",
                     queue=q,
-                    depth=as_int(row[0], q),
+                    depth=problems.as_int(row[0], QUEUE_PREFIX + q),
                     oldest_enqueued_at=oldest,
-                    started=as_int(row[2], q) + as_int(row[3], q),
-                    failed=as_int(row[4], q) + as_int(row[5], q),
-                    scheduled=as_int(row[6], q),
+                    started=(problems.as_int(row[2], f"rq:wip:{q}")
+                             + problems.as_int(row[3], f"rq:wip:{q}")),
+                    failed=(problems.as_int(row[4], f"rq:failed:{q}")
+                            + problems.as_int(row[5], f"rq:failed:{q}")),
+                    scheduled=problems.as_int(row[6], f"rq:scheduled:{q}"),
                 )
             )
-        return BrokerSnapshot(taken_at=now, queues=tuple(snapshots), unparseable=tuple(unparseable))
+        found = bool(known) or any(
+            q.depth or q.started or q.failed or q.scheduled for q in snapshots)
+        return BrokerSnapshot(taken_at=now, queues=tuple(snapshots),
+                              unparseable=tuple(unparseable), found=found)
 
-    def _queue_names(self) -> list[str]:
-        names = set(self._explicit)
-        if self._discover:
-            for key in self._client.smembers(QUEUES_KEY):
-                text = key.decode("utf-8", "replace")
-                name = text[len(QUEUE_PREFIX):]
-                if text.startswith(QUEUE_PREFIX) and not any(
-                    fnmatch.fnmatchcase(name, pattern) for pattern in self._exclude
-                ):
-                    names.add(name)
-        return sorted(names)
-
+    def _known_queues(self) -> list[str]:
+        """The queues RQ lists in `rq:queues` (when discovering), exclusions left out."""
+        if not self._discover:
+            return []
+        names = []
+        for key in self._client.smembers(QUEUES_KEY):
+            text = key.decode("utf-8", "replace")
+            name = text[len(QUEUE_PREFIX):]
+            if text.startswith(QUEUE_PREFIX) and not any(
+                fnmatch.fnmatchcase(name, pattern) for pattern in self._exclude
+            ):
+                names.append(name)
+        return names
     def _enqueued_at(self, heads: list[list[str]]) -> dict[str, bytes | None]:
         ids = [job_id for ids in heads for job_id in ids]
         results = run_pipeline(
             self._client, lambda p: [p.hget(f"rq:job:{job_id}", "enqueued_at") for job_id in ids]
         )
-        return {job_id: as_value(r, job_id) for job_id, r in zip(ids, results, strict=True)}
+        return {job_id: self._problems.as_value(r, f"rq:job:{job_id}")
+                for job_id, r in zip(ids, results, strict=True)}

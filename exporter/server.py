@@ -65,6 +65,18 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def metrics_url(address: str, port: int) -> str:
+    """A URL that reaches /metrics on a server listening on `address`:`port`.
+
+    A wildcard address is reached over loopback (of its own family); an IPv6
+    address goes in brackets.
+    """
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/metrics"
+
+
 def bind(
     address: str, port: int, registry: CollectorRegistry, title: str = "taskqueue-exporter",
     health: HealthCheck | None = None,

@@ -59,3 +59,7 @@ class BrokerSnapshot:
     taken_at: float
     queues: tuple[QueueSnapshot, ...]
     unparseable: tuple[Unparseable, ...] = ()
+    # Whether the broker holds any queue of the reader's system, listed or not
+    # (a --queue that does not exist is exported all the same); None when the
+    # reader cannot tell.
+    found: bool | None = None

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# `make run`: the exporter against a local Redis. Uses BROKER_URL when set;
-# otherwise the Redis on 127.0.0.1:6379, starting one (no persistence) for as
-# long as the exporter runs if none answers there.
+# `make run`: the exporter against a local Redis. Uses BROKER_URL (or the
+# exporter's own TASKQUEUE_EXPORTER_BROKER_URL) when set; otherwise the Redis on
+# 127.0.0.1:6379, starting one (no persistence) for as long as the exporter runs
+# if none answers there. PORT= sets the port; EXPORTER_ARGS and the exporter's
+# TASKQUEUE_EXPORTER_* variables work as they do for the exporter. Where it
+# listens is printed by the exporter itself, which alone knows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-port=${PORT:-9808}
-url=${BROKER_URL:-}
+url=${BROKER_URL:-${TASKQUEUE_EXPORTER_BROKER_URL:-}}
+# The publish line names the variable, not its value: the URL may hold a password.
+if [ -n "${BROKER_URL:-}" ]; then
+  shown_url='"$BROKER_URL"'
+elif [ -n "$url" ]; then
+  shown_url='"$TASKQUEUE_EXPORTER_BROKER_URL"'
+fi
 redis_pid=""
 cleanup() { [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null; return 0; }
 trap cleanup EXIT
 
 if [ -z "$url" ]; then
   url=redis://127.0.0.1:6379/0
+  shown_url=$url
   if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     mkdir -p .run
     echo "no Redis on 127.0.0.1:6379: starting one (stops with the exporter)" >&2
@@ -26,10 +35,14 @@ if [ -z "$url" ]; then
   fi
 fi
 
-echo "metrics: http://127.0.0.1:$port/metrics   (Ctrl-C stops)" >&2
-echo "try:     .venv/bin/python scripts/publish-sample-tasks.py $url" >&2
+args=(--broker-url "$url")
+# Only when set: otherwise TASKQUEUE_EXPORTER_PORT, or the exporter's default.
+[ -n "${PORT:-}" ] && args+=(--port "$PORT")
+echo "try:     .venv/bin/python scripts/publish-sample-tasks.py $shown_url" >&2
+echo "Ctrl-C stops the exporter" >&2
 # Not exec: the trap must outlive the exporter to stop the Redis it started.
-.venv/bin/taskqueue-exporter --broker-url "$url" --port "$port" ${EXPORTER_ARGS:-} &
+# shellcheck disable=SC2086  # EXPORTER_ARGS is a list of flags
+.venv/bin/taskqueue-exporter "${args[@]}" ${EXPORTER_ARGS:-} &
 exporter_pid=$!
 trap 'kill -TERM $exporter_pid 2>/dev/null' INT TERM
 wait "$exporter_pid" || true

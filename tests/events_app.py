@@ -1,11 +1,13 @@
 """A Celery app whose workers send events, for the event-tracking tests.
 
 Workers load it by name (`celery -A tests.events_app worker -E`) and read the
-broker from TQ_TEST_BROKER_URL; producers call create_app in process.
+broker from TQ_TEST_BROKER_URL and the transport options from
+TQ_TEST_TRANSPORT_OPTIONS (JSON); producers call create_app in process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -17,7 +19,7 @@ from exporter import instrument_celery
 QUEUE = "events-q"
 
 
-def create_app(broker_url: str) -> Celery:
+def create_app(broker_url: str, transport_options: dict[str, Any] | None = None) -> Celery:
     app = Celery("tests.events_app", broker=broker_url, set_as_current=False)
     app.conf.update(
         broker_connection_retry_on_startup=True,
@@ -25,7 +27,7 @@ def create_app(broker_url: str) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         # Tasks that run the whole test must not be redelivered on Redis.
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={"visibility_timeout": 3600, **(transport_options or {})},
     )
     # Turns on task-sent events in producers and in workers (a retry's re-publish).
     instrument_celery(app)
@@ -48,4 +50,9 @@ def create_app(broker_url: str) -> Celery:
     return app
 
 
-app = create_app(os.environ["TQ_TEST_BROKER_URL"]) if "TQ_TEST_BROKER_URL" in os.environ else None
+app = (
+    create_app(os.environ["TQ_TEST_BROKER_URL"],
+               json.loads(os.environ.get("TQ_TEST_TRANSPORT_OPTIONS", "{}")))
+    if "TQ_TEST_BROKER_URL" in os.environ
+    else None
+)

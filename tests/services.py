@@ -76,19 +76,39 @@ def wait_for(
     )
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, made with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [require("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )
+    return cert, key
+
+
 @dataclass
 class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     password: str | None = None
     process: subprocess.Popen[bytes] | None = None
+    # With both, TLS only (rediss://); the certificate is its own CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls_cert:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls_cert}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
+        if self.tls_cert:
+            return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                               ssl=True, ssl_ca_certs=str(self.tls_cert))
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
     def start(self) -> RedisServer:
@@ -97,6 +117,10 @@ class RedisServer:
             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
             "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
         ]
+        if self.tls_cert and self.tls_key:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                     str(self.tls_cert), "--tls-key-file", str(self.tls_key),
+                     "--tls-ca-cert-file", str(self.tls_cert), "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -104,8 +104,10 @@ def test_topic_bindings_match_as_kombu_does(routing_key, expected):
 
 
 def test_a_broken_topic_pattern_is_skipped():
-    routing = Routing([Binding("media", "x", "broken", "^(unclosed$"), topic("media", "x", "ok")])
+    broken = Binding("media", "x", "broken", "^(unclosed$")
+    routing = Routing([broken, topic("media", "x", "ok")])
     assert routing.queue_for("media", "x") == "ok"
+    assert routing.broken == [broken]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 import zlib
@@ -283,6 +284,68 @@ def test_a_key_of_the_wrong_type_does_not_break_the_scrape(make_app, redis_serve
     assert celery_value(samples, m.QUEUE_DEPTH, "broken") == 0
 
 
+def test_a_broken_key_is_logged_once_until_it_is_fixed(make_app, redis_server, redis_client,
+                                                      caplog: pytest.LogCaptureFixture):
+    app = make_app()
+    add(app).apply_async((1, 2), queue="broken")
+    redis_client.delete("broken")
+    redis_client.set("broken", "a string where a list should be")
+    # A binding member in another separator than the configured one (a wrong
+    # --broker-transport-option sep), and one that is not UTF-8.
+    redis_client.sadd("_kombu.binding.odd", "odd:odd:odd", b"\xff\x06\x16\x06\x16odd")
+    collector = exporter(redis_server.url)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert celery_value(collect(collector), m.QUEUE_DEPTH, "broken") == 0
+        assert len(warnings()) == 3, warnings()
+        assert len([w for w in warnings() if "'broken'" in w and "WRONGTYPE" in w]) == 1
+        assert len([w for w in warnings() if "'_kombu.binding.odd'" in w]) == 2
+        caplog.clear()
+        redis_client.delete("broken")  # fixed: read fine again...
+        assert celery_value(collect(collector), m.QUEUE_DEPTH, "broken") == 0
+        redis_client.set("broken", "broken again")  # ...then broken anew: said again
+        for _ in range(2):
+            collect(collector)
+        assert [w for w in warnings() if "'_kombu.binding.odd'" not in w] == [
+            "cannot read 'broken': WRONGTYPE Operation against a key holding the wrong kind "
+            "of value"]
+
+
+def test_a_database_without_queues_is_said_once(make_app, redis_server, redis_client,
+                                                caplog: pytest.LogCaptureFixture):
+    # The app's queues are in database 1; the exporter is pointed at database 0.
+    elsewhere = create_app(redis_server.url.replace("/0", "/1"))
+    add(elsewhere).apply_async((1, 2))
+    elsewhere.close()
+    collector = exporter(redis_server.url, "--queue", "celery")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            samples = collect(collector)
+            assert value(samples, m.SCRAPE_SUCCESS.name) == 1
+            assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 0
+        assert said() == [
+            "no Celery or RQ queue in Redis database 0 (keys are in database 1): nothing to "
+            "export until one appears (are the database number in --broker-url and the "
+            "global_keyprefix the app's?)"]
+        caplog.clear()
+        app = make_app()
+        add(app).apply_async((1, 2), queue="reports")
+        assert celery_value(collect(collector), m.QUEUE_DEPTH, "reports") == 1
+        delete_queue(app, "reports")
+        for _ in range(2):  # appeared and vanished: said again, once
+            collect(collector)
+        assert len(said()) == 1 and said()[0].startswith("no Celery or RQ queue in Redis "
+                                                         "database 0"), said()
+
+
 def test_queues_appear_and_disappear_without_restart(make_app, redis_server):
     app = make_app()
     collector = exporter(redis_server.url, "--queue", "always")
@@ -455,3 +518,53 @@ def test_queues_come_back_after_redis_is_flushed(make_app, redis_server, redis_c
     pools.reset()  # so that the producer declares its queue again
     add(make_app()).apply_async((1, 2), queue="after")
     assert celery_value(collect(collector), m.QUEUE_DEPTH, "after") == 1
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_countdown_tasks_are_not_due_in_either_task_protocol(protocol, make_app, redis_server,
+                                                             stamped, tmp_path: Path):
+    # Protocol 1 (task_protocol = 1, still set by some apps) carries id, task, eta
+    # and expires in the message body; protocol 2 in the headers.
+    app = make_app()
+    app.conf.task_protocol = protocol
+    for _ in range(3):  # the oldest, held back by their countdown
+        add(app).apply_async((1, 2), countdown=600, expires=1200)
+    before = time.time()
+    add(app).apply_async((1, 2))
+    after = time.time()
+    add(app).apply_async((1, 2), queue="later", countdown=600)
+    clock = Clock(after + 100.0)
+    collector = exporter(redis_server.url, clock=clock)
+
+    samples = collect(collector)
+    assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 4
+    assert clock.now - after <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
+        clock.now - before)
+    assert celery_value(samples, m.QUEUE_DEPTH, "later") == 1
+    assert celery_value(samples, m.OLDEST_TASK_AGE, "later") == 0.0
+    assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") is None
+
+    # A real worker runs the due task and holds the three others until their ETA.
+    worker = celery_worker(redis_server.url, tmp_path / "worker.log")
+    try:
+        samples = wait_for(
+            lambda: (s := collect(collector)) and celery_value(s, m.QUEUE_DEPTH, "celery") == 0
+            and celery_value(s, m.TASKS_UNACKED, "celery") == 3 and s,
+            what="the worker to hold the three countdown tasks")
+    finally:
+        worker.stop()
+    assert celery_value(samples, m.TASKS_SCHEDULED, "celery") == 3
+    assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
+
+
+def test_a_pickled_protocol_1_task_is_counted_as_unparseable(make_app, redis_server):
+    app = make_app()
+    app.conf.update(task_protocol=1, accept_content=["json", "pickle"])
+    add(app).apply_async((1, 2), countdown=600, serializer="pickle")
+    collector = exporter(redis_server.url)
+
+    for samples in (collect(collector), collect(collector)):
+        assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 1
+        # Its ETA is inside the pickle: neither due nor not due, so no age.
+        assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
+        assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 1

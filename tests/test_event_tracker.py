@@ -401,3 +401,50 @@ def test_event_families() -> None:
     plain = samples_of(event_families(snapshot, task_label=False))
     assert value(plain, "taskqueue_tasks_total", queue="emails", state="started") == 2
     assert not any(name.startswith(m.WORKER_UP.name) for name, _ in plain)
+
+
+def beat(tracker: EventTracker, processed: int, now: float = T0, kind: str = "worker-heartbeat",
+         host: str = W1) -> list[tuple[str, int]]:
+    tracker.handle(ev(kind, hostname=host, freq=2.0, active=0, processed=processed), now)
+    return tracker.take_silent_workers()
+
+
+def test_a_worker_that_runs_tasks_without_task_events_is_found_once() -> None:
+    tracker = EventTracker()
+    assert beat(tracker, 0, kind="worker-online") == []
+    assert beat(tracker, 0) == []  # idle: proves nothing
+    assert beat(tracker, 2) == []  # ran two: its task events get a heartbeat to arrive
+    assert beat(tracker, 3) == [(W1, 2)]
+    assert beat(tracker, 9) == []  # said once
+    # Restarted (back online, the count from 0): said again after it runs a task.
+    assert beat(tracker, 0, kind="worker-online") == []
+    assert beat(tracker, 1) == []
+    assert beat(tracker, 1) == [(W1, 1)]
+    # Restarted without a worker-online seen (the count went down): again too.
+    assert beat(tracker, 0) == []
+    assert beat(tracker, 4) == []
+    assert beat(tracker, 4) == [(W1, 4)]
+
+
+def test_workers_with_task_events_or_idle_are_never_found() -> None:
+    tracker = EventTracker()
+    # Seen first mid-way through its life (tasks run before the exporter listened), idle.
+    for _ in range(5):
+        assert beat(tracker, 100, host="idle@h") == []
+    # Runs tasks and sends their events (-E).
+    assert beat(tracker, 7) == []
+    run(tracker, *lifecycle("a", sent=T0, started=T0 + 1, runtime=0.1))
+    for processed in (8, 8, 9):
+        assert beat(tracker, processed) == []
+
+
+def test_tasks_run_while_the_receiver_was_away_prove_nothing() -> None:
+    tracker = EventTracker()
+    beat(tracker, 0, kind="worker-online")
+    beat(tracker, 0)
+    tracker.resume(T0 + 60)  # it ran five tasks meanwhile; their events are lost
+    assert beat(tracker, 5) == []
+    assert beat(tracker, 5) == []
+    run(tracker, *lifecycle("b", sent=T0, started=T0 + 61, runtime=0.1))
+    assert beat(tracker, 6) == []
+    assert beat(tracker, 6) == []

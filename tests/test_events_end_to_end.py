@@ -7,11 +7,13 @@ ran; a SIGKILLed worker must drop out within the heartbeat expiry.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +21,7 @@ from exporter import metric_names as m
 from tests import events_app
 from tests.rabbitmq import MANAGEMENT_URL, Vhost, require_rabbitmq
 from tests.scrape import Samples, value
-from tests.services import Exporter, RedisServer, get, require, wait_for
+from tests.services import Exporter, RedisServer, get, require, self_signed_certificate, wait_for
 from tests.workers import BIN, WorkerProcess, _env
 
 Q = events_app.QUEUE
@@ -49,13 +51,16 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
         vhost.delete()
 
 
-def start_worker(broker: Broker, tmp_path: Path, name: str) -> WorkerProcess:
+def start_worker(broker: Broker, tmp_path: Path, name: str,
+                 transport_options: dict[str, Any] | None = None) -> WorkerProcess:
     args = [
         str(BIN / "celery"), "-A", "tests.events_app", "worker", "-E", "-P", "threads",
         "-c", "4", "-Q", Q, "-n", f"{name}@%h", "--heartbeat-interval", str(HEARTBEAT),
         "--without-gossip", "--without-mingle", "-l", "warning",
     ]
-    return WorkerProcess(args, _env(TQ_TEST_BROKER_URL=broker.url), tmp_path / f"{name}.log")
+    env = _env(TQ_TEST_BROKER_URL=broker.url,
+               TQ_TEST_TRANSPORT_OPTIONS=json.dumps(transport_options or {}))
+    return WorkerProcess(args, env, tmp_path / f"{name}.log")
 
 
 def subscribed(server: RedisServer) -> None:
@@ -179,6 +184,7 @@ def test_events_from_real_workers(broker: Broker, tmp_path: Path) -> None:
     assert code == 0, log
     assert "Traceback" not in log, log
     assert ":guest@" not in log  # the broker password (the test user's is "guest")
+    assert "sent no task event" not in log, log  # the worker has -E
 
 
 def test_workers_without_task_events_show_by_heartbeat_only(tmp_path: Path) -> None:
@@ -314,3 +320,140 @@ def test_broken_event_messages_are_counted_and_keep_the_connection(tmp_path: Pat
     assert log.count("event receiver: receiving Celery events") == 1, log
     assert log.count("ignored a malformed event") == 1, log
     assert "card-4111" not in log
+
+
+PASSWORD = "s3cret-Pa55"
+
+
+def test_the_password_as_a_query_parameter_reaches_events_and_inspect(tmp_path: Path) -> None:
+    # redis-py's form of the URL; kombu alone cannot read it. The worker and the
+    # producer use the other form, as the app's own config would.
+    server = RedisServer(tmp_path, password=PASSWORD).start()
+    url = f"redis://127.0.0.1:{server.port}/0?password={PASSWORD}"
+    exporter = Exporter(tmp_path, "--broker-url", url, "--queue", Q)
+    worker = start_worker(Broker(server.url, ()), tmp_path, "query")
+    app = events_app.create_app(server.url)
+    try:
+        # The worker's queue comes from an active_queues question (remote control).
+        wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
+                 what="the worker online for its queue")
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        wait_for(lambda: tasks(exporter.scrape(), "ev.sleep", "succeeded") == 1,
+                 what="the task's events")
+        server.stop()
+        wait_for(lambda: "event receiver: cannot read events" in exporter.output(),
+                 what="the receiver to report the outage")
+    finally:
+        app.close()
+        worker.stop()
+        code = exporter.stop()
+        server.stop()
+    log = exporter.output()
+    assert code == 0, log
+    assert f"cannot read events from redis://127.0.0.1:{server.port}/0?password=***:" in log, log
+    assert PASSWORD not in log
+
+
+def test_events_over_tls_with_the_password_as_a_query_parameter(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    server = RedisServer(tmp_path, password=PASSWORD, tls_cert=cert, tls_key=key).start()
+    # No ssl_cert_reqs: verified against the CA, as redis-py does by default.
+    url = f"rediss://127.0.0.1:{server.port}/0?password={PASSWORD}&ssl_ca_certs={cert}"
+    exporter = Exporter(tmp_path, "--broker-url", url, "--queue", Q)
+    app = events_app.create_app(server.url)
+    try:
+        wait_for(lambda: value(exporter.scrape(), m.EVENTS_CONNECTED.name) == 1,
+                 what="the receiver connected over TLS")
+        subscribed(server)
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        s = wait_for(lambda: (s := exporter.scrape()) and tasks(s, "ev.sleep", "sent") == 1
+                     and s, what="the task-sent event over TLS")
+        assert value(s, m.QUEUE_DEPTH.name, system="celery", queue=Q) == 1
+    finally:
+        app.close()
+        code = exporter.stop()
+        server.stop()
+    log = exporter.output()
+    assert code == 0, log
+    assert PASSWORD not in log
+    assert "insecure" not in log, log
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"sep": ":"},
+     {"global_keyprefix": "app1:", "sep": "|", "priority_steps": list(range(10)),
+      "unacked_key": "held"}],
+    ids=["sep", "global_keyprefix-sep-priority_steps-unacked_key"],
+)
+def test_every_connection_honours_the_apps_transport_options(
+    options: dict[str, Any], tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path).start()
+    flags = [f"--broker-transport-option={key}="
+             + (",".join(map(str, value)) if isinstance(value, list) else value)
+             for key, value in options.items()]
+    exporter = Exporter(tmp_path, "--broker-url", server.url, "--discovery-interval", "0",
+                        *flags)
+    worker = start_worker(Broker(server.url, ()), tmp_path, "opts", options)
+    app = events_app.create_app(server.url, options)
+    client = server.client()
+    try:
+        # The worker's queues come from its answer to the exporter's active_queues
+        # question: it must read the reply binding the exporter wrote.
+        wait_for(lambda: value(exporter.scrape(), m.WORKERS.name, queue=Q) == 1, timeout=30,
+                 what="the worker online for its queue")
+        app.tasks["ev.sleep"].apply_async((0.0,))
+        app.tasks["ev.sleep"].apply_async((0.0,), queue="later", priority=9, countdown=600)
+        s = wait_for(lambda: (s := exporter.scrape())
+                     and tasks(s, "ev.sleep", "succeeded") == 1 and s, what="the task's events")
+        assert value(s, m.QUEUE_DEPTH.name, system="celery", queue="later") == 1
+        assert value(s, m.QUEUE_DEPTH.name, system="celery", queue=Q) == 0
+        prefix = options.get("global_keyprefix", "")
+        bindings = list(client.scan_iter(match=f"{prefix}_kombu.binding.*"))
+        assert bindings
+        for key in bindings:
+            for member in client.smembers(key):
+                assert len(member.decode().split(options["sep"])) == 3, (key, member)
+    finally:
+        client.close()
+        app.close()
+        worker.stop()
+        code = exporter.stop()
+        server.stop()
+    assert code == 0, exporter.output()
+    worker_log = (tmp_path / "opts.log").read_text()
+    assert "not enough values to unpack" not in worker_log, worker_log
+
+
+def test_workers_without_task_events_are_named_from_the_event_stream(tmp_path: Path) -> None:
+    # Nothing scrapes this exporter: the advice must come from the events alone.
+    server = RedisServer(tmp_path).start()
+    exporter = Exporter(tmp_path, "--broker-url", server.url, "--queue", Q)
+    app = events_app.create_app(server.url)
+    args = [str(BIN / "celery"), "-A", "tests.events_app", "worker", "-P", "threads", "-c", "1",
+            "-Q", Q, "-n", "quiet@%h", "--heartbeat-interval", str(HEARTBEAT),
+            "--without-gossip", "--without-mingle", "-l", "warning"]
+
+    def advice() -> list[str]:
+        return [line for line in exporter.output().splitlines() if "-E" in line]
+
+    try:
+        # The same worker twice: killed (no worker-offline), then back online, still without -E.
+        for times in (1, 2):
+            worker = WorkerProcess(args, _env(TQ_TEST_BROKER_URL=server.url),
+                                   tmp_path / f"quiet-{times}.log")
+            try:
+                app.tasks["ev.sleep"].apply_async((0.0,))
+                wait_for(lambda times=times: len(advice()) == times, timeout=30,
+                         what=f"advice number {times}")
+            finally:
+                worker.kill() if times == 1 else worker.stop()
+    finally:
+        app.close()
+        code = exporter.stop()
+        server.stop()
+    assert code == 0, exporter.output()
+    assert all(line.split(": ", 1)[1].startswith("worker quiet@") for line in advice()), advice()
+    assert all("ran 1 task but sent no task event: start the workers with -E (or set "
+               "worker_send_task_events = True)" in line for line in advice()), advice()

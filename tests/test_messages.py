@@ -1,3 +1,4 @@
+import base64
 import json
 import pickle
 import zlib
@@ -20,6 +21,7 @@ MAX = 1 << 20
 
 
 def envelope(headers: dict | None = None, **extra: object) -> dict:
+    """A task protocol 2 message: the task's fields in the headers, with `task`."""
     message: dict = {
         "body": "W10=",
         "content-encoding": "utf-8",
@@ -27,9 +29,30 @@ def envelope(headers: dict | None = None, **extra: object) -> dict:
         "properties": {"correlation_id": "corr-1", "delivery_info": {"routing_key": "q"}},
         **extra,
     }
-    if headers is not None:
+    if isinstance(headers, dict):
+        message["headers"] = {"task": "tests.add", **headers}
+    elif headers is not None:
         message["headers"] = headers
     return message
+
+
+def v1_envelope(body: object, headers: dict | None = None, **extra: object) -> dict:
+    """A task protocol 1 message: the task's fields in the (base64 JSON) body."""
+    encoded = base64.b64encode(body if isinstance(body, bytes) else json.dumps(body).encode())
+    return {
+        "body": encoded.decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers or {},
+        "properties": {"correlation_id": "corr-1", "body_encoding": "base64",
+                       "delivery_info": {"routing_key": "q"}},
+        **extra,
+    }
+
+
+V1_BODY = {"task": "tests.add", "id": "t1", "args": [1, 2], "kwargs": {}, "retries": 0,
+           "eta": "2027-01-15T08:00:00+00:00", "expires": "2027-01-15T09:00:00+00:00",
+           "utc": True}
 
 
 def raw(message: object) -> bytes:
@@ -47,13 +70,53 @@ def raw(message: object) -> bytes:
         ({"id": "t1", "eta": "2027-01-15T08:00:00+00:00"}, "t1", None, NOW),
         ({"id": "t1", "eta": "2027-01-15T08:00:00"}, "t1", None, NOW),
         ({"id": "t1", "eta": "2027-01-15T09:00:00+01:00"}, "t1", None, NOW),
-        # Protocol 1 style: no id header, the id is the correlation id.
+        # No id header: the id is the correlation id.
         ({"task": "x"}, "corr-1", None, None),
     ],
 )
 def test_parse_celery_message_reads_fields(headers, task_id, published_at, eta):
     message = parse_celery_message(raw(envelope(headers)), NOW, MAX)
     assert (message.task_id, message.published_at, message.eta) == (task_id, published_at, eta)
+
+
+@pytest.mark.parametrize(
+    ("message", "task_id", "published_at", "eta"),
+    [
+        (v1_envelope(V1_BODY), "t1", None, NOW),
+        # The producer hook stamps the headers in protocol 1 too.
+        (v1_envelope({**V1_BODY, "eta": None}, {PUBLISHED_AT_HEADER: NOW - 5}), "t1", NOW - 5,
+         None),
+        (v1_envelope({**V1_BODY, "id": None}), "corr-1", None, NOW),
+        # kombu on RabbitMQ: the body as it is, not base64.
+        ({**v1_envelope(V1_BODY), "body": json.dumps(V1_BODY),
+          "properties": {"correlation_id": "corr-1"}}, "t1", None, NOW),
+    ],
+)
+def test_parse_celery_message_reads_a_protocol_1_body(message, task_id, published_at, eta):
+    parsed = parse_celery_message(raw(message), NOW, MAX)
+    assert (parsed.task_id, parsed.published_at, parsed.eta) == (task_id, published_at, eta)
+    unacked_entry = parse_unacked_entry(unacked(message, "", "q"), NOW, MAX)
+    assert unacked_entry.eta == eta
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({**v1_envelope(V1_BODY), "content-type": "application/x-python-serialize"},
+         "task protocol 1 body in 'application/x-python-serialize'"),
+        (v1_envelope(V1_BODY, {"compression": "application/x-gzip"}),
+         "task protocol 1 body in 'application/json' compressed with 'application/x-gzip'"),
+        (v1_envelope(b"not json"), "task protocol 1 body not readable"),
+        ({**v1_envelope(V1_BODY), "body": "not base64!"}, "task protocol 1 body not readable"),
+        (v1_envelope({"n": 1}), "neither task headers nor a task protocol 1 body"),
+        (v1_envelope([1, 2]), "neither task headers nor a task protocol 1 body"),
+        (v1_envelope({**V1_BODY, "eta": "soon"}), "time is not ISO 8601"),
+    ],
+)
+def test_unreadable_protocol_1_bodies_raise_with_reason(message, reason):
+    with pytest.raises(MessageError) as info:
+        parse_celery_message(raw(message), NOW, MAX)
+    assert str(info.value) == reason
 
 
 def test_future_eta_is_not_due_and_past_eta_is():
@@ -75,7 +138,8 @@ def test_future_eta_is_not_due_and_past_eta_is():
         (raw("a string"), "not a kombu envelope"),
         (raw(envelope(None)), "no headers"),
         (raw(envelope("headers-as-string")), "no headers"),  # type: ignore[arg-type]
-        (raw({"headers": {}}), "no task id and no publish time"),
+        (raw({"headers": {"task": "x"}}), "no task id and no publish time"),
+        (raw({"headers": {}}), "neither task headers nor a task protocol 1 body"),
         (raw(envelope({"id": "x", PUBLISHED_AT_HEADER: "yesterday"})), "timestamp is not a number"),
         (raw(envelope({"id": "x", PUBLISHED_AT_HEADER: True})), "timestamp is not a number"),
         (raw(envelope({"id": "x", PUBLISHED_AT_HEADER: [1]})), "timestamp is not a number"),

@@ -1,13 +1,18 @@
-"""PackedBatch against real Redis: replies in order, errors per command, no stray replies."""
+"""Batched reads against real Redis, and warnings about broken keys.
+
+PackedBatch: replies in order, errors per command, no stray replies.
+KeyProblems: one warning per broken key, not one per scrape.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 import redis
 
-from exporter.pipeline import PackedBatch
+from exporter.pipeline import KeyProblems, PackedBatch
 
 
 def test_replies_come_in_order_with_errors_in_place(redis_client):
@@ -50,3 +55,21 @@ def test_a_dead_server_raises_and_the_next_read_reconnects(own_redis):
         batch.run(client)
     own_redis.start()
     assert batch.run(client) == [b"PONG"]
+
+
+def test_key_problems_warn_once_per_cause(caplog: pytest.LogCaptureFixture) -> None:
+    problems = KeyProblems()
+    error = redis.ResponseError("WRONGTYPE")
+    with caplog.at_level(logging.WARNING):
+        assert problems.as_int(error, "a") == 0
+        assert problems.as_value(error, "a") is None
+        problems.settle(complete=True)
+        problems.as_int(error, "a")
+        problems.settle(complete=False)  # cut short before "a" was read
+        problems.settle(complete=False)
+        problems.as_int(error, "a")
+        problems.settle(complete=True)
+        problems.settle(complete=True)  # a complete scrape without it: the cause is over
+        problems.as_int(error, "a")
+    assert [r.getMessage() for r in caplog.records] == ["cannot read 'a': WRONGTYPE"] * 2
+    assert problems.as_int(b"7", "b") == 7

@@ -15,6 +15,9 @@ from exporter.redaction import RedactingFilter, redact_url, secrets_of_url
         ("unix:///tmp/r.sock?db=0&password=hunter2", "unix:///tmp/r.sock?db=0&password=***",
          ("hunter2",)),
         ("redis://:a@h/0?password=b", "redis://:***@h/0?password=***", ("a", "b")),
+        # The other parameters stay as written; every spelling of the password is a secret.
+        ("rediss://h:6380/0?ssl_ca_certs=/ca.pem&password=p%2Fw+x",
+         "rediss://h:6380/0?ssl_ca_certs=/ca.pem&password=***", ("p%2Fw+x", "p/w+x", "p/w x")),
     ],
 )
 def test_redact_url(url, shown, secrets):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from rq import Queue
 
 from exporter import metric_names as m
@@ -130,3 +132,19 @@ def test_rq_queues_appear_and_disappear(redis_server, redis_client):
     samples = collect(collector)
     assert rq_value(samples, m.QUEUE_DEPTH, "new") is None
     assert rq_value(samples, m.QUEUE_DEPTH, "listed") == 0
+
+
+def test_a_registry_of_the_wrong_type_is_logged_once(redis_server, redis_client,
+                                                     caplog: pytest.LogCaptureFixture):
+    Queue("default", connection=redis_client).enqueue(rq_jobs.ok)
+    redis_client.set("rq:failed:default", "not a sorted set")
+    collector = exporter(redis_server.url)
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            samples = collect(collector)
+            assert rq_value(samples, m.QUEUE_DEPTH, "default") == 1
+            assert rq_value(samples, m.TASKS_FAILED, "default") == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot read 'rq:failed:default': WRONGTYPE Operation against a key holding the wrong "
+        "kind of value"]

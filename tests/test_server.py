@@ -42,3 +42,13 @@ def test_without_a_health_check_healthz_is_ok_and_unknown_paths_are_404(serve):
     url = serve()
     assert get(url + "/healthz") == (200, "ok\n")
     assert get(url + "/nope") == (404, "not found\n")
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [("0.0.0.0", "http://127.0.0.1:9808/metrics"), ("", "http://127.0.0.1:9808/metrics"),
+     ("::", "http://[::1]:9808/metrics"), ("::1", "http://[::1]:9808/metrics"),
+     ("10.0.0.5", "http://10.0.0.5:9808/metrics"), ("localhost", "http://localhost:9808/metrics")],
+)
+def test_metrics_url_reaches_the_listening_address(address: str, url: str) -> None:
+    assert server.metrics_url(address, 9808) == url
