@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bench import config_bench
+
 SCALER = str(Path(sys.executable).parent / "taskqueue-scaler")
 
 CONFIG = """\
@@ -82,3 +86,42 @@ def test_sigterm_stops_the_loop_cleanly(tmp_path):
         assert "stopped" in proc.stderr.read()
     finally:
         proc.kill()
+
+
+# The benchmark's cases (bench/config_bench.py measures their time): here their outcome.
+REFUSED = [
+    "yaml: alias bomb (10^9 values)", "yaml: duplicate key", "yaml: 2 MiB file",
+    "template: 'x' * 100000000", "template: nested loops of 100000",
+    "template: range(100000)|join x3", "promql: unclosed parenthesis",
+    "counts: max 10000000000 on ECS", "ecs: two services on one ECS service",
+]
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_check_config_refuses_adversarial_configs_with_one_line_each(tmp_path, name):
+    case = config_bench.CASES[name]
+    path = tmp_path / "scaler.yml"
+    path.write_text(case.text)
+    result = run("check-config", str(path), timeout=20)  # a hang guard; bench-config times it
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [f"taskqueue-scaler: {path}: {case.error}"]
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--once", "--config"], ["backtest", "--from", "-1h", "--config"],
+    ["simulate", "--workload", "steady:rate=1/s,duration=1m", "--config"]])
+def test_run_backtest_and_simulate_refuse_the_same_configs(tmp_path, command):
+    case = config_bench.CASES["yaml: alias bomb (10^9 values)"]
+    path = tmp_path / "scaler.yml"
+    path.write_text(case.text)
+    result = run(*command, str(path), timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"taskqueue-scaler: {path}: {case.error}"]
+
+
+def test_check_config_accepts_200_services(tmp_path):
+    path = tmp_path / "scaler.yml"
+    path.write_text(config_bench.CASES["legit: 200 services written out"].text)
+    result = run("check-config", str(path), timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: ok, 200 services: celery-q000, celery-q001, ")
