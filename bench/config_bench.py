@@ -100,13 +100,13 @@ CASES: dict[str, Case] = {
     "yaml: alias bomb (10^9 values)": Case(
         "x-laughs:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + LAUGHS + SERVICE.replace(
             "QUERY", "x"),
-        "x-laughs.e: expands to more than 100000 values (YAML aliases/anchors?)"),
+        "x-laughs.e: expands to more than 50000 values (YAML aliases/anchors?)"),
     "yaml: duplicate key": Case(
         SERVICE.replace("QUERY", "x").replace("    max: 5\n", "    max: 5\n    min: 2\n"),
         "services[0].min: duplicate key (line 7; first at line 5)"),
     "yaml: 300,000 values in 1 MiB": Case(
         "x: [" + ",".join(["1"] * 300_000) + "]\n" + SERVICE.replace("QUERY", "x"),
-        "x[99997]: more than 100000 values (line 1)"),
+        "x[49997]: more than 50000 values (line 1)"),
     "yaml: 2 MiB file": Case(
         "# " + "x" * (2 << 20) + "\n" + SERVICE.replace("QUERY", "x"),
         "the config is 2097350 bytes, more than the 1048576 allowed"),
@@ -157,15 +157,29 @@ CASES: dict[str, Case] = {
             "'arn:aws:ecs:us-east-1:123456789012:service/c/s'"),
         "services[1].backend: the same ECS service (us-east-1 c/s) as services[0].backend: "
         "the two would fight over its desired count"),
-    "for_each: 20,000 items": Case(
+    "for_each: 20,000 services": Case(
         SERVICE.replace("QUERY", "x").replace(
             "  - name: w\n", "  - name: 'w-{{ item }}'\n    for_each: ["
             + ", ".join(f"q{i}" for i in range(20_000)) + "]\n").replace(
             "service: s,", "service: 's-{{ item }}',"),
-        "services[0].for_each: stamps 20000 services of 25 values each, more than the 100000 "
+        "services: 20000 services, more than the 5000 one scaler may run"),
+    "for_each: 4,000 services x 200 variables": Case(
+        SERVICE.replace("QUERY", "x").replace(
+            "  - name: w\n", "  - name: 'w-{{ item }}'\n    for_each: ["
+            + ", ".join(f"q{i}" for i in range(4000)) + "]\n    vars: {"
+            + ", ".join(f"v{i}: {i}" for i in range(200)) + "}\n").replace(
+            "service: s,", "service: 's-{{ item }}',"),
+        "services[0].for_each: stamps 4000 services of 225 values each, more than the 500000 "
         "values a config may expand to"),
     "legit: 200 services, one for_each": Case(legit(200, written_out=False), None),
     "legit: 200 services written out": Case(legit(200, written_out=True), None),
+    # The most the limits let through: what a config just within them costs.
+    "yaml: 49,990 services of {}": Case(
+        "prometheus: {url: 'http://p:9090'}\nservices:\n" + "  - {}\n" * 49_990,
+        "services: 49990 services, more than the 5000 one scaler may run"),
+    "at the limits: 600 services written out (48,000 values)": Case(
+        legit(600, written_out=True), None),
+    "at the limits: 5,000 services, one for_each": Case(legit(5000, written_out=False), None),
 }
 
 

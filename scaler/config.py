@@ -47,6 +47,11 @@ MAX_MAGNITUDE = 1e15
 MAX_DURATION = 7 * 86400.0
 MIN_DURATION = 0.001
 DAY = 86400.0
+# Each service costs every evaluation a decision and its share of the queries: beyond a
+# few thousand one loop cannot keep a 15 s interval (bench-scaler: 1,000 in about 1 s).
+MAX_SERVICES = 5000
+# Values once for_each has stamped its services: 5,000 services of 100 values each.
+MAX_STAMPED_VALUES = 500_000
 # (label, value) pairs a series must carry to be read; () reads every series.
 Selector = tuple[tuple[str, str], ...]
 
@@ -305,6 +310,8 @@ class _Report:
 
 
 def _key_name(name: Any) -> str:
+    if type(name) is str and len(name) <= 40:
+        return name
     text = str(name) if isinstance(name, str | int | float | bool) or name is None else "?"
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -335,7 +342,9 @@ class _Node:
     def _value(self, name: str) -> Any:
         """The value, or None when missing or when its template failed."""
         self.used.add(name)
-        return None if self.key(name) in self.failed else self.data.get(name)
+        if self.failed and self.key(name) in self.failed:
+            return None
+        return self.data.get(name)
 
     def get(self, name: str, convert: Callable[[Any], T], default: T) -> T:
         value = self._value(name)
@@ -576,10 +585,10 @@ def _values(value: Any, limit: int) -> int:
 
 
 def _within_budget(definitions: list[_Definition], report: _Report) -> bool:
-    """Whether the services for_each stamps stay within the values a YAML file may hold:
-    a for_each of a thousand items over a large definition is a bomb of its own. Each
-    service counts its definition's values and its variables (a mapping of its own)."""
-    limit = yaml_document.MAX_VALUES
+    """Whether the services for_each stamps stay within MAX_STAMPED_VALUES: a for_each over
+    a large definition is a bomb of its own. Each service counts its definition's values
+    and its variables (a mapping of its own)."""
+    limit = MAX_STAMPED_VALUES
     total = 0
     for definition in definitions:
         node = definition.node
@@ -598,6 +607,13 @@ def _within_budget(definitions: list[_Definition], report: _Report) -> bool:
 
 def _services(nodes: list[_Node], report: _Report) -> list[tuple[ServiceConfig, _Stamp]]:
     """Every service, for_each stamped, with the stamp it came from."""
+    # Counted before anything is built for them; a bad for_each stamps one service.
+    count = sum(len(n.data["for_each"]) if isinstance(n.data.get("for_each"), list)
+                and n.data["for_each"] else 1 for n in nodes)
+    if count > MAX_SERVICES:
+        report.add("services", f"{count} services, more than the {MAX_SERVICES} one scaler "
+                               "may run")
+        return []
     definitions = [_definition(node) for node in nodes]
     if not _within_budget(definitions, report):
         return []

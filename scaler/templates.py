@@ -31,7 +31,7 @@ from jinja2.defaults import DEFAULT_NAMESPACE
 from scaler import template_sandbox
 from scaler.template_sandbox import CPU_SECONDS, MAX_OUTPUT, budget_spent, promql_string
 
-MAX_TOTAL = 4 << 20
+MAX_TOTAL = 16 << 20
 # Only if the child hangs without using CPU, which a template cannot make it do.
 WALL_SECONDS = 20.0
 

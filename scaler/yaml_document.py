@@ -26,7 +26,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_BYTES = 1 << 20
-MAX_VALUES = 100_000
+# Building a document costs about 10 microseconds a value: 50,000 take half a second.
+MAX_VALUES = 50_000
 MAX_DEPTH = 64
 # Python converts a long number in quadratic time (a sexagesimal 1:2:3:... of a
 # megabyte takes minutes); no setting of the config needs more than a few digits.

@@ -323,7 +323,7 @@ def query(text: str) -> str:
 @pytest.mark.parametrize(("text", "expected"), [
     # YAML: an alias bomb, refused where it expands, before anything is built.
     (minimal().replace("  -\n", "  -\n" + BOMB.strip("\n").replace("    ", "    ", 1) + "\n"),
-     ["services[0].vars.e: expands to more than 100000 values (YAML aliases/anchors?)"]),
+     ["services[0].vars.e: expands to more than 50000 values (YAML aliases/anchors?)"]),
     ("prometheus: &p {url: 'http://p', x: *p}\nservices: []",
      ["prometheus.x: refers to itself (a recursive YAML alias, line 1)"]),
     (minimal(vars="[" * 70 + "]" * 70),
@@ -460,11 +460,19 @@ def test_merge_keys_work_and_a_merged_key_overridden_is_no_duplicate():
     assert (second.name, second.limits.min, second.limits.max) == ("b", 1, 9)
 
 
-def test_for_each_cannot_stamp_past_the_values_a_config_may_have():
-    items = ", ".join(f"q{i}" for i in range(20_000))
+def test_no_more_services_than_one_scaler_may_run():
+    items = ", ".join(f"q{i}" for i in range(5001))
     text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]", backend=STAMPED_BACKEND)
+    assert errors_of(text) == ["services: 5001 services, more than the 5000 one scaler may run"]
+
+
+def test_for_each_cannot_stamp_past_the_values_a_config_may_expand_to():
+    items = ", ".join(f"q{i}" for i in range(4000))
+    variables = "{" + ", ".join(f"v{i}: {i}" for i in range(200)) + "}"
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]", backend=STAMPED_BACKEND,
+                   vars=variables)
     assert errors_of(text) == [
-        "services[0].for_each: stamps 20000 services of 25 values each, more than the 100000 "
+        "services[0].for_each: stamps 4000 services of 225 values each, more than the 500000 "
         "values a config may expand to"]
 
 

@@ -54,13 +54,16 @@ def test_a_variable_of_any_size_is_refused_before_it_is_copied():
 
 
 def test_the_whole_configs_templates_have_a_budget():
-    # 100 services each rendering 60,000 characters: 6 MB, more than the 4 MiB allowed.
-    stamps = [{"v": "y" * 60_000, "i": i} for i in range(100)]
-    results = render_all([Job("{{ i }}{{ v }}", False, i) for i in range(100)], stamps)
-    assert all(isinstance(r, str) for r in results[:69])
-    assert results[69] == Failure("template: the config's templates render more than the "
-                                  "4194304 characters allowed in all")
-    assert results[70:] == [None] * 30  # rendering stopped
+    # 300 services each rendering 60,000 characters: 18 MB, more than the 16 MiB allowed.
+    stamps = [{"v": "y" * 60_000, "i": i} for i in range(300)]
+    results = render_all([Job("{{ i }}{{ v }}", False, i) for i in range(300)], stamps)
+    spent = next(i for i, result in enumerate(results) if not isinstance(result, str))
+    used = sum(len(r) + len("{{ i }}{{ v }}") for r in results[:spent])
+    # Refused only when it would not fit.
+    assert used <= templates.MAX_TOTAL < used + len("{{ i }}{{ v }}") + 60_003
+    assert results[spent] == Failure("template: the config's templates render more than the "
+                                     "16777216 characters allowed in all")
+    assert results[spent + 1:] == [None] * (299 - spent)  # rendering stopped
 
 
 def test_equal_jobs_render_once():
