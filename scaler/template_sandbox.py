@@ -19,6 +19,7 @@ import pickle
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -81,28 +82,30 @@ def render(compiled: Compiled, variables: Mapping[str, Any], left: int, total: i
     return "".join(chunks)
 
 
+def short(text: str, limit: int = 160) -> str:
+    """One line of at most `limit` characters: a message may quote a megabyte name."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def problem(error: BaseException) -> str:
     """One line for what went wrong in a template, as the config reports it."""
     if isinstance(error, jinja2.UndefinedError):
-        return f"template: {error.message}"
+        return f"template: {short(str(error.message))}"
     if isinstance(error, jinja2.TemplateSyntaxError):
-        return f"template syntax error: {error.message}"
-    if isinstance(error, jinja2.TemplateError):
-        return f"template: {error}"
-    if isinstance(error, TooLong):
-        return f"template: {error}"
+        return f"template syntax error: {short(str(error.message))}"
+    if isinstance(error, jinja2.TemplateError | TooLong):
+        return f"template: {short(str(error))}"
     if isinstance(error, MemoryError):
         return f"template: needs more than the {MEMORY_BYTES >> 20} MiB of memory allowed"
     if isinstance(error, RecursionError):
         return "template: recursion too deep"
-    text = " ".join(str(error).split())
-    text = text if len(text) <= 100 else text[:97] + "..."
+    text = short(str(error), 100)
     return f"template: {type(error).__name__}" + (f": {text}" if text else "")
 
 
-def _emit(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
-    sys.stdout.flush()
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"
 
 
 def _mapped() -> int:
@@ -130,8 +133,14 @@ def main() -> None:
     # CPU time, not wall time: a loaded machine does not make a template too slow.
     # SIGPROF's default action ends the process, even inside one long C call.
     signal.setitimer(signal.ITIMER_PROF, CPU_SECONDS)
+    started = time.process_time()
+    done = ""
     for index, (text, promql, stamp) in enumerate(jobs):
-        _emit({"start": index})
+        # The last result and the next start in one write, flushed before the template
+        # runs: when SIGPROF ends the process, the parent knows which one ran, and how
+        # much CPU time the others had left it.
+        sys.stdout.write(done + _line({"start": index, "cpu": time.process_time() - started}))
+        sys.stdout.flush()
         # What a template costs: its text (parsed) and its output.
         left -= len(text)
         try:
@@ -142,10 +151,12 @@ def main() -> None:
                 compiled[key] = Compiled(envs[promql], text)
             output = render(compiled[key], stamps[stamp], left, total)
         except Exception as error:  # every failure is the template's, reported as such
-            _emit({"index": index, "error": problem(error)})
+            done = _line({"index": index, "error": problem(error)})
             continue
         left -= len(output)
-        _emit({"index": index, "output": output})
+        done = _line({"index": index, "output": output})
+    sys.stdout.write(done)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

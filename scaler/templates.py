@@ -29,7 +29,7 @@ from typing import Any
 from jinja2.defaults import DEFAULT_NAMESPACE
 
 from scaler import template_sandbox
-from scaler.template_sandbox import CPU_SECONDS, MAX_OUTPUT, budget_spent, promql_string
+from scaler.template_sandbox import CPU_SECONDS, MAX_OUTPUT, budget_spent, promql_string, short
 
 MAX_TOTAL = 16 << 20
 # Only if the child hangs without using CPU, which a template cannot make it do.
@@ -106,7 +106,7 @@ class _Renderer:
             if name not in variables:
                 if name in DEFAULT_NAMESPACE:
                     return _Child  # Jinja's range, dict...: rare, and not plain text
-                return Failure(f"template: '{name}' is undefined")
+                return Failure(short(f"template: '{name}' is undefined"))
             value = variables[name]
             if type(value) not in _SCALARS:
                 return _Child  # a list or a mapping: its text is Python's, of any size
@@ -185,32 +185,40 @@ def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -
         killed = True
         out, err = child.communicate()
     running: int | None = None
+    cpu_before = 0.0  # CPU time the jobs before the running one took
     for line in out.decode("utf-8", "replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             break  # cut short by the kill
         if "start" in record:
-            running = record["start"]
+            running, cpu_before = record["start"], record["cpu"]
         else:
             results[record["index"]] = (Failure(record["error"]) if "error" in record
                                         else record["output"])
             running = None
     if child.returncode != 0:
         culprit = 0 if running is None else running
-        results[culprit] = Failure(_death(child.returncode, killed, running is not None, err))
+        results[culprit] = Failure(_death(child.returncode, killed, running is not None, err,
+                                          culprit, cpu_before))
     return results
 
 
-def _death(code: int, killed: bool, started: bool, stderr: bytes) -> str:
+def _death(code: int, killed: bool, started: bool, stderr: bytes, culprit: int,
+           cpu_before: float) -> str:
     if killed:
         return f"template: still rendering after {WALL_SECONDS:g} s"
     if code in (-signal.SIGPROF, -signal.SIGXCPU):
-        return (f"template: still computing after {CPU_SECONDS:g} s of CPU time "
-                "(a long loop, deep recursion or a huge number?)")
+        if cpu_before < CPU_SECONDS / 2:
+            return (f"template: still computing after {CPU_SECONDS:g} s of CPU time "
+                    "(a long loop, deep recursion or a huge number?)")
+        # Most of the time went to the templates before it: the whole is too much.
+        return (f"template: the config's {culprit} templates before this one that compute "
+                f"(filters, expressions, statements) took most of the {CPU_SECONDS:g} s of "
+                "CPU time they may have together")
     if code < 0:
         return f"template: the sandbox rendering it died ({signal.Signals(-code).name})"
-    last = (stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
+    last = short((stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1])
     if started:
-        return f"template: the sandbox rendering it failed: {last[:200]}"
-    return f"template: the sandbox did not start: {last[:200]}"
+        return f"template: the sandbox rendering it failed: {last}"
+    return f"template: the sandbox did not start: {last}"

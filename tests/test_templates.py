@@ -112,3 +112,14 @@ def test_rendering_thousands_of_plain_templates_stays_in_process():
     assert results[1999] == 'sum(x{queue="q1999"})'
     # No child process (which takes tens of milliseconds to start) for these.
     assert time.perf_counter() - started < 5
+
+
+def test_templates_that_compute_share_one_cpu_budget_and_the_error_says_so():
+    # Cheap ones, but so many that together they pass 0.4 s of CPU time.
+    stamps = [{"queue": f"q{i}"} for i in range(100_000)]
+    results = render_all([Job("{{ queue | lower }}", False, i) for i in range(100_000)], stamps)
+    failed = next(i for i, result in enumerate(results) if not isinstance(result, str))
+    assert results[failed] == Failure(
+        f"template: the config's {failed} templates before this one that compute (filters, "
+        "expressions, statements) took most of the 0.4 s of CPU time they may have together")
+    assert results[failed - 1] == f"q{failed - 1}"
