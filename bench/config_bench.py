@@ -6,7 +6,7 @@ start-up and imports included) --runs times, and the report gives its wall time
 2, its error line) within TARGET_S; a legit one accepted (exit 0). tests/test_scaler_cli.py
 runs the same cases for their outcome; this measures their time.
 
-Run: .venv/bin/python bench/config_bench.py [--runs N] [--json PATH]
+Run: .venv/bin/python bench/config_bench.py [--runs N] [--case NAME ...] [--json PATH]
 
 Exit 0 with a report (a target may be missed), 1 if a case is answered wrongly.
 """
@@ -209,9 +209,10 @@ class Report:
         return {"runs": self.runs, "target_s": TARGET_S, "cases": self.rows}
 
 
-def run(tmp: Path, runs: int) -> Report:
+def run(tmp: Path, runs: int, names: list[str]) -> Report:
     rows = []
-    for number, (name, case) in enumerate(CASES.items()):
+    for number, name in enumerate(names):
+        case = CASES[name]
         path = tmp / f"case{number}.yml"
         path.write_text(case.text)
         step(f"{name} ({path.stat().st_size} bytes)")
@@ -242,9 +243,13 @@ def render(report: Report) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--case", action="append", choices=list(CASES), metavar="NAME",
+                        help="only this case (repeatable; default: every case)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     args = parser.parse_args()
-    return run_benchmark("config-bench", lambda tmp: run(tmp, args.runs), render, args.json)
+    names = args.case or list(CASES)
+    return run_benchmark("config-bench", lambda tmp: run(tmp, args.runs, names), render,
+                         args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -125,3 +126,17 @@ def test_check_config_accepts_200_services(tmp_path):
     result = run("check-config", str(path), timeout=20)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{path}: ok, 200 services: celery-q000, celery-q001, ")
+
+
+def test_the_config_benchmark_reports_each_case(tmp_path):
+    """`make bench-config`, for two of its cases: the report has their exit codes."""
+    result = subprocess.run(
+        [sys.executable, str(Path(config_bench.__file__)), "--runs", "1",
+         "--case", "promql: unclosed parenthesis", "--case", "legit: 200 services, one for_each",
+         "--json", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[:2] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [["| promql: unclosed parenthesis", "2"],
+                        ["| legit: 200 services, one for_each", "0"]]
+    assert [case["case"] for case in json.loads((tmp_path / "bench.json").read_text())[
+        "cases"]] == ["promql: unclosed parenthesis", "legit: 200 services, one for_each"]
