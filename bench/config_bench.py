@@ -180,6 +180,11 @@ CASES: dict[str, Case] = {
     "at the limits: 600 services written out (48,000 values)": Case(
         legit(600, written_out=True), None),
     "at the limits: 5,000 services, one for_each": Case(legit(5000, written_out=False), None),
+    "at the limits: 270 services, each query 60 KB of its own (16 MiB rendered)": Case(
+        SERVICE.replace("QUERY", """'x{a="{{ item }}{{ big }}"}'""").replace(
+            "  - name: w\n", "  - name: 'w-{{ item }}'\n    for_each: ["
+            + ", ".join(f"q{i}" for i in range(270)) + "]\n    vars: {big: " + "y" * 60_000
+            + "}\n").replace("service: s,", "service: 's-{{ item }}',"), None),
 }
 
 

@@ -52,6 +52,9 @@ DAY = 86400.0
 MAX_SERVICES = 5000
 # Values once for_each has stamped its services: 5,000 services of 100 values each.
 MAX_STAMPED_VALUES = 500_000
+# The local backend's commands and ready patterns, all services together: splitting and
+# compiling them takes microseconds a character, and a machine runs a few such services.
+MAX_LOCAL_TEXT = 64 * 1024
 # (label, value) pairs a series must carry to be read; () reads every series.
 Selector = tuple[tuple[str, str], ...]
 
@@ -256,15 +259,6 @@ def _selector(value: Any) -> Selector:
     return tuple(sorted(pairs))
 
 
-def _query(value: Any) -> str:
-    """A PromQL query, its syntax checked offline."""
-    text = _string(value)
-    problem = promql_syntax.check(text)
-    if problem is not None:
-        raise _Invalid(f"not valid PromQL: {problem} (got {_show(text)})")
-    return text
-
-
 def _ecs_cluster(value: Any) -> str:
     text = _string(value)
     if ecs_names.cluster(text) is None:
@@ -278,6 +272,20 @@ def _ecs_service(value: Any) -> str:
     if ecs_names.service(text) is None:
         raise _Invalid("must be an ECS service name (up to 255 letters, digits, - and _) or "
                        f"ARN (got {_show(text)})")
+    return text
+
+
+def _region(value: Any) -> str:
+    text = _string(value)
+    if not ecs_names.REGION.match(text):
+        raise _Invalid(f"must be an AWS region like eu-west-1 (got {_show(text)})")
+    return text
+
+
+def _endpoint(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise _Invalid(f"must be an http:// or https:// URL (got {_show(text)})")
     return text
 
 
@@ -300,6 +308,31 @@ class _Report:
         self.errors: list[str] = []
         self._seen: set[str] = set()
         self.keys: set[str] = set()  # key paths with an error
+        self._queries: dict[str, str | None] = {}  # each query text parsed once
+        self.local_text_left = MAX_LOCAL_TEXT
+
+    def query(self, value: Any) -> str:
+        """A PromQL query, its syntax checked offline (a converter for _Node.get)."""
+        text = _string(value)
+        if text not in self._queries:
+            self._queries[text] = promql_syntax.check(text)
+        problem = self._queries[text]
+        if problem is not None:
+            raise _Invalid(f"not valid PromQL: {problem} (got {_show(text)})")
+        return text
+
+    def local_text(self, convert: Callable[[Any], T]) -> Callable[[Any], T]:
+        """`convert`, within what is left of MAX_LOCAL_TEXT."""
+
+        def within(value: Any) -> T:
+            parts = value if isinstance(value, list) else [value]
+            self.local_text_left -= sum(len(p) for p in parts if isinstance(p, str))
+            if self.local_text_left < 0:
+                raise _Invalid(f"the local backend's commands and ready patterns pass "
+                               f"{MAX_LOCAL_TEXT} characters in all")
+            return convert(value)
+
+        return within
 
     def add(self, key: str, message: str) -> None:
         entry = f"{key}: {message}" if key else message
@@ -738,10 +771,10 @@ def _service(node: _Node) -> ServiceConfig | None:
     rules = tuple(r for r in (_rule(n, i, selector) for i, n in enumerate(rule_nodes)) if r)
     if node.data.get("rules") is None or node.data.get("rules") == []:
         node.error("rules", "at least one rule is required")
-    activation = node.get("activation_query", _query, None)
+    activation = node.get("activation_query", node.report.query, None)
     if activation is not None and low not in (0, None):
         node.error("activation_query", f"only applies when min is 0 (min is {low})")
-    guard = node.get("scale_down_guard", _query, None)
+    guard = node.get("scale_down_guard", node.report.query, None)
     behavior = _behavior(node.child("behavior"))
     node.check_unknown()
     # A service with errors is dropped here; parse_config reports them all.
@@ -766,8 +799,8 @@ def _backend(node: _Node | None) -> EcsBackend | LocalBackend | None:
         return _local_backend(node)
     cluster = node.require("cluster", _ecs_cluster)
     service = node.require("service", _ecs_service)
-    region = node.require("region", _string)
-    endpoint = node.get("endpoint_url", _string, None)
+    region = node.require("region", _region)
+    endpoint = node.get("endpoint_url", _endpoint, None)
     node.check_unknown()
     if kind != "ecs" or None in (cluster, service, region):
         return None
@@ -820,10 +853,10 @@ def _pattern(value: Any) -> str:
 
 
 def _local_backend(node: _Node) -> LocalBackend | None:
-    command = node.require("command", _command)
+    command = node.require("command", node.report.local_text(_command))
     env = node.get("env", _environment_map, {})
     cwd = node.get("cwd", _string, None)
-    ready = node.get("ready_pattern", _pattern, None)
+    ready = node.get("ready_pattern", node.report.local_text(_pattern), None)
     stop_timeout = node.get("stop_timeout", _duration, 30.0)
     node.at_least("stop_timeout", stop_timeout, 0, strict=True)
     node.no_longer("stop_timeout", stop_timeout, 3600, "1h")
@@ -837,7 +870,7 @@ def _local_backend(node: _Node) -> LocalBackend | None:
 def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:
     kind = node.require("type", _choice(*RULE_KINDS))
     name = node.get("name", _string, f"{kind or 'rule'}-{index}")
-    query = node.require("query", _query)
+    query = node.require("query", node.report.query)
     # The rule's own match_labels replace the service's; {} reads every series.
     selector = node.get("match_labels", _selector, service_selector)
     aggregate = node.get("aggregate", _choice("sum", "max"), None)
@@ -878,11 +911,11 @@ def _drain(node: _Node) -> tuple[Drain | None, dict[str, Any]]:
     if throughput is not None and throughput > 0:
         node.at_least("throughput", throughput, 1e-6)  # tasks/s: 0.0036/h
         node.at_most("throughput", throughput, 1e6)
-    throughput_query = node.get("throughput_query", _query, None)
+    throughput_query = node.get("throughput_query", node.report.query, None)
     if (throughput is None) == (throughput_query is None) and not node.has_error("throughput") \
             and not node.has_error("throughput_query"):
         node.error("throughput", "set exactly one of throughput and throughput_query")
-    arrival_query = node.get("arrival_query", _query, None)
+    arrival_query = node.get("arrival_query", node.report.query, None)
     if within is None or node.error_count:
         return None, {}
     return Drain(within, startup), {"throughput": throughput, "throughput_query":

@@ -18,6 +18,11 @@ CLUSTER_ARN = re.compile(rf"{_ARN}cluster/(?P<cluster>{_NAME})$")
 SERVICE_ARN = re.compile(rf"{_ARN}service/(?:(?P<cluster>{_NAME})/)?(?P<service>{_NAME})$")
 
 
+# What boto3 accepts as a region (a DNS label, not all digits): anything else fails when
+# the client is made.
+REGION = re.compile(r"^(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)$")
+
+
 @dataclass(frozen=True)
 class Name:
     """A cluster or service as given: its short name, and what its ARN says, if one."""

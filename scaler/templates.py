@@ -184,6 +184,10 @@ def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -
         child.kill()
         killed = True
         out, err = child.communicate()
+    finally:
+        if child.poll() is None:  # interrupted (Ctrl-C): no child left behind
+            child.kill()
+            child.wait()
     running: int | None = None
     cpu_before = 0.0  # CPU time the jobs before the running one took
     for line in out.decode("utf-8", "replace").splitlines():

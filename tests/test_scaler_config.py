@@ -336,6 +336,8 @@ def query(text: str) -> str:
      ["services[0].backend.cluster: duplicate key (line 5; first at line 5)"]),
     ("prometheus: {url: 'http://p'}\nservices: []\nservices: []",
      ["services: duplicate key (line 3; first at line 2)"]),
+    (minimal(vars="{<<: {a: 1}, <<: {b: 2}}"),  # two merges are written <<: [*a, *b]
+     ["services[0].vars.<<: duplicate key (line 9; first at line 9)"]),
     (minimal(vars="{1: a, 0x1: b}"), ["services[0].vars.0x1: duplicate key (line 9; first at "
                                       "line 9)"]),
     # PromQL, checked offline in every query key.
@@ -412,7 +414,10 @@ def query(text: str) -> str:
       "(got 0.05)", "concurrency: must be <= 256 (got 1000)"]),
     ("prometheus: {url: 'http://p'}\ninterval: 2h\nservices: []",
      ["interval: must be at most 1h (got 7200s)"]),
-    # ECS names and ARNs.
+    # ECS names and ARNs, regions and endpoints as boto3 takes them.
+    (minimal(backend="{cluster: c, service: s, region: 'eu west 1', endpoint_url: moto}"),
+     ["services[0].backend.region: must be an AWS region like eu-west-1 (got 'eu west 1')",
+      "services[0].backend.endpoint_url: must be an http:// or https:// URL (got 'moto')"]),
     (minimal(backend="{cluster: c, service: 'we\"ird', region: r}"),
      ["services[0].backend.service: must be an ECS service name (up to 255 letters, digits, "
       "- and _) or ARN (got 'we\"ird')"]),
@@ -531,3 +536,15 @@ def test_an_endless_file_is_read_no_further_than_the_limit():
     with pytest.raises(ConfigError) as caught:
         load_config("/dev/zero", {})
     assert caught.value.errors == ["the config is more than the 1048576 bytes allowed"]
+
+
+def test_local_commands_and_ready_patterns_have_a_budget():
+    # Splitting a command and compiling a pattern take microseconds a character.
+    items = ", ".join(f"q{i}" for i in range(70))
+    command = "sleep " + "1" * 994
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]",
+                   backend=f"{{type: local, command: '{command} {{{{ item }}}}'}}")
+    # One line for all the services past the budget (the 66th and after).
+    assert errors_of(text) == [
+        "services[0].backend.command: the local backend's commands and ready patterns pass "
+        "65536 characters in all"]
