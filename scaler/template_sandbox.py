@@ -3,17 +3,18 @@
 A sandboxed template can still loop for hours, recurse 2**40 times or build a
 gigabyte string (`{{ 'x' * 10**9 }}`); no check of single operations stops every such
 template. So scaler.templates renders anything beyond plain `{{ name }}` substitution
-here, in a child process run as a script (`python -I template_sandbox.py`, with an
-empty environment) under limits the kernel enforces: CPU time (SIGPROF kills it) and
-address space (an allocation past it is a MemoryError). It reads its jobs as a pickle
-on stdin and writes one JSON line before each template (so a kill names the one
-running) and one with its result.
+here, in a child process run as a script (`python -P template_sandbox.py`, with none of
+our environment but the module path) under limits the kernel enforces: CPU time
+(SIGPROF ends it) and address space (an allocation past it is a MemoryError). It reads
+its jobs as a pickle on stdin and writes one JSON line before each template (so a kill
+names the one running) and one with its result.
 
 This module imports only the standard library and Jinja2: the child starts fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import resource
@@ -120,7 +121,10 @@ def _mapped() -> int:
 def main() -> None:
     # On top of what is mapped already: a locale archive alone may map 200 MiB.
     limit = _mapped() + MEMORY_BYTES
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Not possible everywhere (macOS); the CPU time limit holds anyway.
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     # A backstop: SIGPROF below is the limit that counts.
     resource.setrlimit(resource.RLIMIT_CPU, (5, 5))
     request = pickle.load(sys.stdin.buffer)

@@ -156,9 +156,13 @@ def render_all(jobs: Sequence[Job], stamps: Sequence[Mapping[str, Any]]) -> list
 
 
 def _child_environment() -> dict[str, str]:
-    # Nothing of ours (tokens, credentials) reaches a process running config input. The
-    # loader path only, for a Python whose libpython is found through it.
-    return {k: v for k, v in os.environ.items() if k == "LD_LIBRARY_PATH"}
+    # Nothing of ours (tokens, credentials) reaches a process running config input: only
+    # where our modules are (so it imports the Jinja2 we do, however we were installed)
+    # and the loader path, for a Python whose libpython is found through it.
+    environment = {"PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    if "LD_LIBRARY_PATH" in os.environ:
+        environment["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return environment
 
 
 def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -> list[Result]:
@@ -170,7 +174,8 @@ def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -
         "left": left, "total": MAX_TOTAL,
     }, protocol=pickle.HIGHEST_PROTOCOL)
     results: list[Result] = [None] * len(jobs)
-    command = [sys.executable, "-I", str(Path(template_sandbox.__file__))]
+    # -P: the script's own directory (scaler/) is no place to import from.
+    command = [sys.executable, "-P", str(Path(template_sandbox.__file__))]
     try:
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, env=_child_environment())
