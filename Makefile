@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 DURATION ?=
 
-.PHONY: demo run test lint bench-exporter bench-scaler bench-events bench-policies system-deps base-deps clean
+.PHONY: demo run test lint bench-exporter bench-scaler bench-events bench-policies bench-config system-deps base-deps clean
 
 # What `make test` needs; the demo and the exporter need less (base-deps: no docker-compose,
 # no RabbitMQ).
@@ -45,6 +45,10 @@ bench-events: system-deps $(STAMP)
 bench-scaler: system-deps $(STAMP)
 	$(VENV)/bin/python bench/scaler_bench.py --layout grouped
 	$(VENV)/bin/python bench/scaler_bench.py --layout per-service
+
+# check-config's wall time on adversarial configs (refused within 1 s) and legit large ones.
+bench-config: base-deps $(STAMP)
+	$(VENV)/bin/python bench/config_bench.py
 
 # simulate's closed loop for our recommended config and the peers' policies on three
 # workloads: bench/results/policies.md and PNGs; fails if ours misses the bar.

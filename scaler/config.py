@@ -3,23 +3,27 @@
 Every error is collected, not just the first, each with its key path and the
 bad value: `services[2].rules[0].target: must be > 0 (got -5)`. Nothing here
 touches Prometheus or ECS.
+
+Bad input is refused at the door, with bounded work whatever the file says: the
+YAML within limits (scaler.yaml_document), templates rendered with bounded work
+(scaler.templates), queries parsed as PromQL (scaler.promql_syntax), every number
+within a range that makes sense, no two services on one ECS service.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import reprlib
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-import jinja2
-import jinja2.sandbox
-import yaml
-
 from exporter import metric_names
+from scaler import ecs_names, promql_syntax, templates, yaml_document
 from scaler.decision import (
     Behavior,
     Direction,
@@ -33,6 +37,7 @@ from scaler.lease import DYNAMODB_KEY_ATTRIBUTE, REDIS_SCHEMES, LeaseConfig, def
 from scaler.local import LocalBackend
 from scaler.prometheus import PrometheusSettings
 from scaler.rules import Drain, Expression, PerWorker, Threshold
+from scaler.template_sandbox import promql_string as promql_string
 
 T = TypeVar("T")
 RuleKind = Literal["per_worker", "drain", "threshold", "expression"]
@@ -41,6 +46,22 @@ DEFAULT_PORT = 9809
 # Every exporter scraped and read its broker: an exporter that is down has no series
 # (stale), one that cannot read its broker reports 0.
 DEFAULT_HEALTH_QUERY = f"min({metric_names.SCRAPE_SUCCESS.name})"
+# ECS runs at most 5,000 tasks per service (a quota that cannot be raised).
+ECS_MAX_TASKS = 5000
+LOCAL_MAX_PROCESSES = 1000
+# Beyond this a float no longer holds every integer, and no setting needs more.
+MAX_MAGNITUDE = 1e15
+MAX_DURATION = 7 * 86400.0
+MIN_DURATION = 0.001
+DAY = 86400.0
+# Each service costs every evaluation a decision and its share of the queries: beyond a
+# few thousand one loop cannot keep a 15 s interval (bench-scaler: 1,000 in about 1 s).
+MAX_SERVICES = 5000
+# Values once for_each has stamped its services: 5,000 services of 100 values each.
+MAX_STAMPED_VALUES = 500_000
+# The local backend's commands and ready patterns, all services together: splitting and
+# compiling them takes microseconds a character, and a machine runs a few such services.
+MAX_LOCAL_TEXT = 64 * 1024
 # (label, value) pairs a series must carry to be read; () reads every series.
 Selector = tuple[tuple[str, str], ...]
 
@@ -128,15 +149,34 @@ class _Invalid(ValueError):
     pass
 
 
+class _Shown(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an int of over 4,300 digits raises; one that long is shown by size.
+        return repr(x) if abs(x) < 10**60 else f"<{x.bit_length()}-bit integer>"
+
+
+_SHOWN = _Shown()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxset = 3, 6, 4, 6
+_SHOWN.maxtuple, _SHOWN.maxstring, _SHOWN.maxother = 6, 64, 64
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """The value as in an error message: its repr, cut after 60 characters, in bounded time
+    (a value can be a megabyte string, or a list aliased a thousand times)."""
+    text = repr(value[:61]) if isinstance(value, str) else _SHOWN.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _numeral(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _number(value: Any) -> float:
     if isinstance(value, bool):
         raise _Invalid(f"must be a number (got {_show(value)})")
-    if isinstance(value, int | float):
+    if isinstance(value, int) and abs(value) > MAX_MAGNITUDE:
+        number = math.inf if value > 0 else -math.inf  # float() of a huge int raises
+    elif isinstance(value, int | float):
         number = float(value)
     elif isinstance(value, str):
         try:
@@ -145,8 +185,11 @@ def _number(value: Any) -> float:
             raise _Invalid(f"must be a number (got {_show(value)})") from None
     else:
         raise _Invalid(f"must be a number (got {_show(value)})")
-    if not math.isfinite(number):
+    if math.isnan(number):
         raise _Invalid(f"must be a finite number (got {_show(value)})")
+    if not abs(number) <= MAX_MAGNITUDE:
+        raise _Invalid(f"must be between -{MAX_MAGNITUDE:g} and {MAX_MAGNITUDE:g} "
+                       f"(got {_show(value)})")
     return number
 
 
@@ -157,17 +200,31 @@ def _integer(value: Any) -> int:
     return int(number)
 
 
-def _duration(value: Any) -> float:
-    """Seconds, from a number of seconds or `500ms`, `15s`, `5m`, `1h`."""
+def _seconds(value: Any) -> float:
+    """Seconds, finite, from a number of seconds or `500ms`, `15s`, `5m`, `1h`."""
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match is None:
             raise _Invalid(f"must be a duration like 30s, 5m or 1h (got {_show(value)})")
-        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    try:
-        return _number(value)
-    except _Invalid:
-        raise _Invalid(f"must be a duration like 30s, 5m or 1h (got {_show(value)})") from None
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        try:
+            seconds = _number(value)
+        except _Invalid:
+            raise _Invalid(f"must be a duration like 30s, 5m or 1h (got {_show(value)})") from None
+    if not abs(seconds) <= MAX_MAGNITUDE:  # "9999...9s"
+        raise _Invalid(f"must be a duration like 30s, 5m or 1h (got {_show(value)})")
+    return seconds
+
+
+def _duration(value: Any) -> float:
+    """A duration in the config: at most 7 days, and 0 or at least a millisecond."""
+    seconds = _seconds(value)
+    if seconds > MAX_DURATION:
+        raise _Invalid(f"must be at most 7 days (got {_show(value)})")
+    if 0 < seconds < MIN_DURATION:
+        raise _Invalid(f"must be 0 or at least 1ms (got {_show(value)})")
+    return seconds
 
 
 def _rate(value: Any) -> float:
@@ -176,13 +233,16 @@ def _rate(value: Any) -> float:
         match = _RATE.match(value)
         if match is None:
             raise _Invalid(f"must be a rate like 2/min, 0.5/s or 100/h (got {_show(value)})")
-        return float(match.group(1)) / _RATE_SECONDS[match.group(2)]
+        rate = float(match.group(1)) / _RATE_SECONDS[match.group(2)]
+        if not rate <= MAX_MAGNITUDE:
+            raise _Invalid(f"must be a rate like 2/min, 0.5/s or 100/h (got {_show(value)})")
+        return rate
     return _number(value)
 
 
 def parse_duration(value: Any) -> float:
     """Seconds from `30s`, `5m`, `1h`, `500ms` or a number; ValueError names the bad value."""
-    return _duration(value)
+    return _seconds(value)
 
 
 def parse_rate(value: Any) -> float:
@@ -221,6 +281,36 @@ def _selector(value: Any) -> Selector:
     return tuple(sorted(pairs))
 
 
+def _ecs_cluster(value: Any) -> str:
+    text = _string(value)
+    if ecs_names.cluster(text) is None:
+        raise _Invalid("must be an ECS cluster name (up to 255 letters, digits, - and _) or "
+                       f"ARN (got {_show(text)})")
+    return text
+
+
+def _ecs_service(value: Any) -> str:
+    text = _string(value)
+    if ecs_names.service(text) is None:
+        raise _Invalid("must be an ECS service name (up to 255 letters, digits, - and _) or "
+                       f"ARN (got {_show(text)})")
+    return text
+
+
+def _region(value: Any) -> str:
+    text = _string(value)
+    if not ecs_names.REGION.match(text):
+        raise _Invalid(f"must be an AWS region like eu-west-1 (got {_show(text)})")
+    return text
+
+
+def _endpoint(value: Any) -> str:
+    text = _string(value)
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise _Invalid(f"must be an http:// or https:// URL (got {_show(text)})")
+    return text
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in options:
@@ -230,76 +320,105 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return check
 
 
-# --------------------------------------------------------------------------- templates
-
-
-def promql_string(value: Any) -> str:
-    """A value made safe inside a double-quoted PromQL string literal."""
-    text = value if isinstance(value, str) else str(value)
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _environment(finalize: Callable[[Any], Any] | None) -> jinja2.Environment:
-    return jinja2.sandbox.SandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, autoescape=False, finalize=finalize,
-        keep_trailing_newline=False,
-    )
-
-
-class _Templates:
-    def __init__(self) -> None:
-        self.promql = _environment(promql_string)
-        self.plain = _environment(None)
-
-    def render(self, text: str, variables: Mapping[str, Any], *, promql: bool) -> str:
-        env = self.promql if promql else self.plain
-        try:
-            return env.from_string(text).render(**variables)
-        except jinja2.UndefinedError as error:
-            raise _Invalid(f"template: {error.message}") from None
-        except jinja2.TemplateSyntaxError as error:
-            raise _Invalid(f"template syntax error: {error.message}") from None
-        except jinja2.TemplateError as error:
-            raise _Invalid(f"template: {error}") from None
-
-
 # --------------------------------------------------------------------------- reader
+
+
+class _Report:
+    """Every error of one config, each once, in the order found."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self._seen: set[str] = set()
+        self.keys: set[str] = set()  # key paths with an error
+        self._queries: dict[str, str | None] = {}  # each query text parsed once
+        self.local_text_left = MAX_LOCAL_TEXT
+
+    def query(self, value: Any) -> str:
+        """A PromQL query, its syntax checked offline (a converter for _Node.get)."""
+        text = _string(value)
+        if text not in self._queries:
+            self._queries[text] = promql_syntax.check(text)
+        problem = self._queries[text]
+        if problem is not None:
+            raise _Invalid(f"not valid PromQL: {problem} (got {_show(text)})")
+        return text
+
+    def local_text(self, convert: Callable[[Any], T]) -> Callable[[Any], T]:
+        """`convert`, within what is left of MAX_LOCAL_TEXT."""
+
+        def within(value: Any) -> T:
+            parts = value if isinstance(value, list) else [value]
+            self.local_text_left -= sum(len(p) for p in parts if isinstance(p, str))
+            if self.local_text_left < 0:
+                raise _Invalid(f"the local backend's commands and ready patterns pass "
+                               f"{MAX_LOCAL_TEXT} characters in all")
+            return convert(value)
+
+        return within
+
+    def add(self, key: str, message: str) -> None:
+        entry = f"{key}: {message}" if key else message
+        if entry not in self._seen:
+            self._seen.add(entry)
+            self.errors.append(entry)
+        self.keys.add(key)
+
+
+def _key_name(name: Any) -> str:
+    if type(name) is str and len(name) <= 40:
+        return name
+    text = str(name) if isinstance(name, str | int | float | bool) or name is None else "?"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class _Node:
     """A mapping in the YAML with its key path; records errors instead of raising."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, errors: list[str]) -> None:
+    def __init__(self, data: Mapping[str, Any], path: str, report: _Report,
+                 failed: frozenset[str] = frozenset()) -> None:
         self.data = data
         self.path = path
-        self.errors = errors
+        self.report = report
+        # Key paths whose template failed (reported already): not checked again.
+        self.failed = failed
         self.used: set[str] = set()
+        self.error_count = 0
 
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+    def key(self, name: Any) -> str:
+        return f"{self.path}.{_key_name(name)}" if self.path else _key_name(name)
 
-    def error(self, name: str, message: str) -> None:
-        entry = f"{self.key(name)}: {message}"
-        if entry not in self.errors:
-            self.errors.append(entry)
+    def error(self, name: Any, message: str) -> None:
+        self.error_count += 1
+        self.report.add(self.key(name), message)
+
+    def has_error(self, name: str) -> bool:
+        return self.key(name) in self.report.keys
+
+    def _value(self, name: str) -> Any:
+        """The value, or None when missing or when its template failed."""
+        self.used.add(name)
+        if self.failed and self.key(name) in self.failed:
+            return None
+        return self.data.get(name)
 
     def get(self, name: str, convert: Callable[[Any], T], default: T) -> T:
-        self.used.add(name)
-        if name not in self.data or self.data[name] is None:
+        value = self._value(name)
+        if value is None:
             return default
         try:
-            return convert(self.data[name])
+            return convert(value)
         except _Invalid as problem:
             self.error(name, str(problem))
             return default
 
     def require(self, name: str, convert: Callable[[Any], T]) -> T | None:
-        self.used.add(name)
-        if name not in self.data or self.data[name] is None:
-            self.error(name, "required")
+        value = self._value(name)
+        if value is None:
+            if self.key(name) not in self.failed:
+                self.error(name, "required")
             return None
         try:
-            return convert(self.data[name])
+            return convert(value)
         except _Invalid as problem:
             self.error(name, str(problem))
             return None
@@ -314,7 +433,7 @@ class _Node:
         if not isinstance(value, Mapping):
             self.error(name, f"must be a mapping (got {_show(value)})")
             return None
-        return _Node(value, self.key(name), self.errors)
+        return _Node(value, self.key(name), self.report, self.failed)
 
     def items(self, name: str) -> list[_Node]:
         self.used.add(name)
@@ -327,101 +446,119 @@ class _Node:
         nodes = []
         for i, item in enumerate(value):
             if not isinstance(item, Mapping):
-                self.errors.append(f"{self.key(name)}[{i}]: must be a mapping (got {_show(item)})")
+                self.report.add(f"{self.key(name)}[{i}]", f"must be a mapping (got {_show(item)})")
                 continue
-            nodes.append(_Node(item, f"{self.key(name)}[{i}]", self.errors))
+            nodes.append(_Node(item, f"{self.key(name)}[{i}]", self.report, self.failed))
         return nodes
 
     def check_unknown(self) -> None:
         for name in self.data:
             if name not in self.used:
-                self.error(str(name), "unknown key")
+                self.error(name, "unknown key")
 
     def at_least(self, name: str, value: float | None, low: float, strict: bool = False) -> None:
         if value is None:
             return
         if (value <= low) if strict else (value < low):
-            self.error(name, f"must be {'>' if strict else '>='} {low:g} (got {value:g})")
+            self.error(name, f"must be {'>' if strict else '>='} {low:g} (got {_numeral(value)})")
+
+    def at_most(self, name: str, value: float | None, high: float, why: str = "") -> None:
+        if value is not None and value > high:
+            self.error(name, f"must be <= {high:g}{why} (got {_numeral(value)})")
+
+    def no_longer(self, name: str, value: float | None, high: float, shown: str) -> None:
+        if value is not None and value > high:
+            self.error(name, f"must be at most {shown} (got {value:g}s)")
 
 
 # --------------------------------------------------------------------------- parsing
 
 
 def load_config(path: str, env: Mapping[str, str]) -> ScalerConfig:
+    limit = yaml_document.MAX_BYTES
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limit:
+                raise ConfigError([f"the config is {size} bytes, more than the {limit} allowed"])
+            # At most one byte more than allowed, whatever the file is (/dev/zero...).
+            data = handle.read(limit + 1)
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
+    if len(data) > limit:
+        raise ConfigError([f"the config is more than the {limit} bytes allowed"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"not UTF-8 text (byte {error.start + 1} of the file)"]) from None
     return parse_config(text, env)
 
 
 def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(error, "problem", None) or "not valid YAML"
-        raise ConfigError([f"{where}{problem}"]) from None
+        document = yaml_document.load(text)
+    except yaml_document.YamlError as error:
+        raise ConfigError(error.errors) from None
     if not isinstance(document, Mapping):
         raise ConfigError(["the config must be a YAML mapping with prometheus and services"])
-    errors: list[str] = []
-    root = _Node(document, "", errors)
+    report = _Report()
+    root = _Node(document, "", report)
     prometheus = _prometheus(root.child("prometheus", required=True), env)
     interval = root.get("interval", _duration, 15.0)
     root.at_least("interval", interval, 0, strict=True)
+    if interval > 0:
+        root.at_least("interval", interval, 0.1)
+    root.no_longer("interval", interval, 3600, "1h")
     concurrency = root.get("concurrency", _integer, 16)
     root.at_least("concurrency", concurrency, 1)
+    root.at_most("concurrency", concurrency, 256)
     listen_address = root.get("listen_address", _string, "0.0.0.0")
     port = root.get("port", _integer, DEFAULT_PORT)
     if not 0 <= port <= 65535:
         root.error("port", f"must be between 0 and 65535 (got {port})")
-    health = root.get("health_query", _health_query, DEFAULT_HEALTH_QUERY)
+    health = root.get("health_query", _health_query(report), DEFAULT_HEALTH_QUERY)
     restore = _restore(root.child("restore"))
     lease = _lease(root.child("lease"), interval)
-    templates = _Templates()
-    services: list[ServiceConfig] = []
     nodes = root.items("services")
     if not nodes and "services" not in root.data:
         root.error("services", "required")
-    for node in nodes:
-        services.extend(_services(node, templates, health))
+    found = _services(nodes, report, health)
+    services = [service for service, _ in found]
     seen: set[str] = set()
     for service in services:
         if service.name in seen:
-            errors.append(f"services: duplicate service name {service.name!r}")
+            report.add("services", f"duplicate service name {_show(service.name)}")
         seen.add(service.name)
+    _one_service_each(found, report)
     root.check_unknown()
-    if errors:
-        raise ConfigError(errors)
+    if report.errors:
+        raise ConfigError(report.errors)
     assert prometheus is not None
     return ScalerConfig(prometheus=prometheus, services=tuple(services), interval=interval,
                         concurrency=concurrency, listen_address=listen_address, port=port,
                         restore=restore or RestoreConfig(), lease=lease)
 
 
-def _health_query(value: Any) -> str | None:
-    """A query, or false for none."""
-    if value is False:
-        return None
-    try:
-        return _string(value)
-    except _Invalid:
-        raise _Invalid(f"must be a PromQL query, or false for none (got {_show(value)})") from None
+def _health_query(report: _Report) -> Callable[[Any], str | None]:
+    """A converter: a query (its syntax checked), or false for none."""
 
+    def convert(value: Any) -> str | None:
+        if value is False:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(f"must be a PromQL query, or false for none (got {_show(value)})")
+        return report.query(value)
 
-_MATCHERS = re.compile(
-    r'^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
-    r'(,\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*)*,?\s*$')
+    return convert
 
 
 def _matchers(value: Any) -> str:
-    text = _string(value)
-    if not _MATCHERS.match(text):
+    """PromQL label matchers, checked by parsing them on a selector."""
+    text = _string(value).strip().rstrip(",")
+    if "{" in text or "}" in text or promql_syntax.check(f"x{{{text}}}") is not None:
         raise _Invalid('must be PromQL label matchers like job="taskqueue-scaler" '
-                       f"(got {_show(text)})")
-    return text.strip().rstrip(",")
+                       f"(got {_show(value)})")
+    return text
 
 
 def _restore(node: _Node | None) -> RestoreConfig | None:
@@ -441,6 +578,7 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
         node.error("url", f"must be an http:// or https:// URL (got {_show(url)})")
     timeout = node.get("timeout", _duration, 10.0)
     node.at_least("timeout", timeout, 0, strict=True)
+    node.no_longer("timeout", timeout, 600, "10m")
     headers = node.get("headers", _headers, {})
     token_env = node.get("bearer_token_env", _string, None)
     token = None
@@ -457,8 +595,8 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
     except ValueError as error:
         # What the checks above do not cover (a query string in the URL, a header
         # value over two lines...); the message never carries a secret.
-        if not any(e.startswith(node.path + ".") for e in node.errors):
-            node.errors.append(f"{node.path}: {error}")
+        if not node.error_count:
+            node.report.add(node.path, str(error))
         return None
 
 
@@ -504,9 +642,8 @@ def _lease(node: _Node | None, interval: float) -> LeaseConfig | None:
     if kind == "redis":
         fields["url"] = node.get("url", _lease_url, None)
         fields["url_env"] = node.get("url_env", _env_name, None)
-        if (fields["url"] is None) == (fields["url_env"] is None) and not any(
-                e.startswith((node.key("url") + ":", node.key("url_env") + ":"))
-                for e in node.errors):
+        if (fields["url"] is None) == (fields["url_env"] is None) and not (
+                node.has_error("url") or node.has_error("url_env")):
             node.error("url_env", "set exactly one of url_env (a URL with a password) and url")
     elif kind == "dynamodb":
         fields["table"] = node.require("table", _string)
@@ -515,7 +652,7 @@ def _lease(node: _Node | None, interval: float) -> LeaseConfig | None:
         fields["key_attribute"] = node.get("key_attribute", _string, DYNAMODB_KEY_ATTRIBUTE)
     if kind is not None:  # without a type, which keys belong is unknown
         node.check_unknown()
-    if kind is None or any(e.startswith(node.path + ".") for e in node.errors):
+    if kind is None or node.error_count:
         return None
     return LeaseConfig(kind=kind, name=name,  # type: ignore[arg-type]
                        ttl=default_ttl(interval) if ttl is None else ttl, **fields)
@@ -549,55 +686,172 @@ def _for_each(value: Any) -> list[dict[str, Any]]:
     return items
 
 
-def _services(node: _Node, templates: _Templates, health: str | None) -> list[ServiceConfig]:
+@dataclass(frozen=True)
+class _Stamp:
+    """One service a definition stamps: where it comes from and its variables."""
+
+    node: _Node
+    label: str  # the for_each item, for errors: "queue=emails"
+    variables: Mapping[str, Any]
+
+    def where(self) -> str:
+        return f" (for_each {self.label})" if self.label else ""
+
+
+@dataclass(frozen=True)
+class _Definition:
+    """A service definition: its variables, and one item per service it stamps."""
+
+    node: _Node
+    base: dict[str, Any]
+    items: list[dict[str, Any]]
+
+    def stamps(self) -> list[_Stamp]:
+        return [_Stamp(self.node, stamp_label(item), {**self.base, **item})
+                for item in self.items]
+
+
+def _definition(node: _Node) -> _Definition:
     base = node.get("vars", _variables, {})
-    stamps = node.get("for_each", _for_each, [{}]) if "for_each" in node.data else [{}]
-    found: list[ServiceConfig] = []
-    for stamp in stamps:
-        variables = {**base, **stamp}
-        rendered = _render_tree(node, variables, templates, stamp_label(stamp))
-        service = _service(rendered, health)
+    items = node.get("for_each", _for_each, [{}]) if "for_each" in node.data else [{}]
+    return _Definition(node, base, items)
+
+
+def _values(value: Any, limit: int) -> int:
+    """How many values `value` holds, aliases expanded, counting stops past `limit`."""
+    count = 0
+    stack = [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return count
+
+
+def _within_budget(definitions: list[_Definition], report: _Report) -> bool:
+    """Whether the services for_each stamps stay within MAX_STAMPED_VALUES: a for_each over
+    a large definition is a bomb of its own. Each service counts its definition's values
+    and its variables (a mapping of its own)."""
+    limit = MAX_STAMPED_VALUES
+    total = 0
+    for definition in definitions:
+        node = definition.node
+        body = {k: v for k, v in node.data.items() if k not in ("vars", "for_each")}
+        size = _values(body, limit) + len(definition.base)
+        size += max(len(item) for item in definition.items)
+        count = len(definition.items)
+        total += size * count
+        if total > limit:
+            report.add(node.key("for_each") if count > 1 else node.path,
+                       f"stamps {count} services of {size} values each, more than the "
+                       f"{limit} values a config may expand to")
+            return False
+    return True
+
+
+def _services(nodes: list[_Node], report: _Report,
+              health: str | None) -> list[tuple[ServiceConfig, _Stamp]]:
+    """Every service, for_each stamped, with the stamp it came from."""
+    # Counted before anything is built for them; a bad for_each stamps one service.
+    count = sum(len(n.data["for_each"]) if isinstance(n.data.get("for_each"), list)
+                and n.data["for_each"] else 1 for n in nodes)
+    if count > MAX_SERVICES:
+        report.add("services", f"{count} services, more than the {MAX_SERVICES} one scaler "
+                               "may run")
+        return []
+    definitions = [_definition(node) for node in nodes]
+    if not _within_budget(definitions, report):
+        return []
+    every = [stamp for definition in definitions for stamp in definition.stamps()]
+    # All templates at once: those that compute share one sandboxed child process.
+    jobs: list[templates.Job] = []
+    for number, stamp in enumerate(every):
+        def collect(path: str, text: str, promql: bool, number: int = number) -> str:
+            jobs.append(templates.Job(text, promql, number))
+            return text
+
+        _render_tree(stamp.node, collect)
+    results: Iterator[templates.Result] = iter(
+        templates.render_all(jobs, [stamp.variables for stamp in every]))
+    found = []
+    for stamp in every:
+        failed: set[str] = set()
+
+        def rendered(path: str, text: str, promql: bool, stamp: _Stamp = stamp,
+                     failed: set[str] = failed) -> str:
+            result = next(results)
+            if isinstance(result, str):
+                return result
+            if result is not None:
+                report.add(path, f"{result.problem}{stamp.where()}")
+            failed.add(path)
+            return text
+
+        data = _render_tree(stamp.node, rendered)
+        service = _service(_Node(data, stamp.node.path, report, frozenset(failed)), health)
         if service is not None:
-            found.append(service)
+            found.append((service, stamp))
     return found
 
 
 def stamp_label(stamp: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in stamp.items())
+    """`queue=emails, max=10`: a for_each item in one short line."""
+    shown = []
+    for number, (key, value) in enumerate(stamp.items()):
+        if number == 4:
+            shown.append("...")
+            break
+        text = value[:40] if isinstance(value, str) else _show(value)
+        shown.append(f"{_key_name(key)}={text}")
+    return ", ".join(shown)
 
 
 _QUERY_KEYS = frozenset({"query", "throughput_query", "arrival_query", "activation_query",
                          "scale_down_guard", "health_query"})
 
 
-def _render_tree(node: _Node, variables: Mapping[str, Any], templates: _Templates,
-                 label: str) -> _Node:
-    """The service with every string rendered: queries escaped for PromQL, the rest plain."""
+def _render_tree(node: _Node, render_string: Callable[[str, str, bool], str]) -> dict[str, Any]:
+    """The service's data with every template string rendered by `render_string(path, text,
+    promql)`: queries escaped for PromQL, the rest plain."""
 
     def render(value: Any, key: str, path: str, plain: bool = False) -> Any:
         if isinstance(value, str):
             if "{" not in value:
                 return value
-            try:
-                promql = key in _QUERY_KEYS and not plain
-                return templates.render(value, variables, promql=promql)
-            except _Invalid as problem:
-                where = f" (for_each {label})" if label else ""
-                entry = f"{path}: {problem}{where}"
-                if entry not in node.errors:
-                    node.errors.append(entry)
-                return value
+            return render_string(path, value, key in _QUERY_KEYS and not plain)
         if isinstance(value, Mapping):
             # A label selector's values are compared with label values, not put in PromQL.
             inner = plain or key == "match_labels"
-            return {k: render(v, str(k), f"{path}.{k}", inner) for k, v in value.items()}
+            return {k: render(v, str(k), f"{path}.{_key_name(k)}", inner)
+                    for k, v in value.items()}
         if isinstance(value, list):
             return [render(v, key, f"{path}[{i}]", plain) for i, v in enumerate(value)]
         return value
 
-    data = {k: v if k in ("vars", "for_each") else render(v, str(k), f"{node.path}.{k}")
+    return {k: v if k in ("vars", "for_each") else render(v, str(k), node.key(k))
             for k, v in node.data.items()}
-    return _Node(data, node.path, node.errors)
+
+
+def _one_service_each(found: list[tuple[ServiceConfig, _Stamp]], report: _Report) -> None:
+    """Two services setting the desired count of one ECS service would undo each other."""
+    first: dict[tuple[str, str, str, str], _Stamp] = {}
+    for service, stamp in found:
+        backend = service.backend
+        if not isinstance(backend, EcsBackend):
+            continue  # local workers: each service runs processes of its own
+        target = ecs_names.target(backend.cluster, backend.service, backend.region,
+                                  backend.endpoint_url)
+        other = first.setdefault(target, stamp)
+        if other is not stamp:
+            _, region, cluster, name = target
+            report.add(stamp.node.key("backend"),
+                       f"the same ECS service ({region} {cluster}/{name}) as "
+                       f"{other.node.key('backend')}{other.where()}: the two would fight over "
+                       f"its desired count{stamp.where()}")
 
 
 def _service(node: _Node, health: str | None) -> ServiceConfig | None:
@@ -605,32 +859,44 @@ def _service(node: _Node, health: str | None) -> ServiceConfig | None:
     node.get("for_each", lambda v: v, None)
     name = node.require("name", _string)
     backend = _backend(node.child("backend", required=True))
+    local = isinstance(backend, LocalBackend) or (
+        backend is None and isinstance(node.data.get("backend"), Mapping)
+        and node.data["backend"].get("type") == "local")
+    cap, why = ((LOCAL_MAX_PROCESSES, ", the most worker processes the local backend runs")
+                if local else (ECS_MAX_TASKS, ", the most tasks ECS runs in one service"))
     low = node.require("min", _integer)
     node.at_least("min", low, 0)
+    node.at_most("min", low, cap, why)
     high = node.require("max", _integer)
     node.at_least("max", high, 1)
-    if low is not None and high is not None and low >= 0 and high >= 1 and low > high:
+    node.at_most("max", high, cap, why)
+    if low is not None and high is not None and 0 <= low <= cap and 1 <= high <= cap \
+            and low > high:
         node.error("max", f"must be >= min ({low}) (got {high})")
     fallback = node.get("fallback", _integer, None)
     node.at_least("fallback", fallback, 0)
-    if fallback is not None and high is not None and fallback > high:
+    node.at_most("fallback", fallback, cap, why)
+    if fallback is not None and high is not None and high <= cap and fallback <= cap \
+            and fallback > high:
         node.error("fallback", f"must be <= max ({high}) (got {fallback})")
     failure_threshold = node.get("failure_threshold", _integer, 3)
     node.at_least("failure_threshold", failure_threshold, 1)
+    node.at_most("failure_threshold", failure_threshold, 1000)
     selector = node.get("match_labels", _selector, ())
     rule_nodes = node.items("rules")
     rules = tuple(r for r in (_rule(n, i, selector) for i, n in enumerate(rule_nodes)) if r)
     if node.data.get("rules") is None or node.data.get("rules") == []:
         node.error("rules", "at least one rule is required")
-    activation = node.get("activation_query", _string, None)
+    activation = node.get("activation_query", node.report.query, None)
     if activation is not None and low not in (0, None):
         node.error("activation_query", f"only applies when min is 0 (min is {low})")
-    guard = node.get("scale_down_guard", _string, None)
-    health = node.get("health_query", _health_query, health)
+    guard = node.get("scale_down_guard", node.report.query, None)
+    health = node.get("health_query", _health_query(node.report), health)
     behavior = _behavior(node.child("behavior"))
     node.check_unknown()
     # A service with errors is dropped here; parse_config reports them all.
-    if None in (name, backend, low, high, behavior) or len(rules) != len(rule_nodes):
+    if None in (name, backend, low, high, behavior) or len(rules) != len(rule_nodes) \
+            or node.error_count:
         return None
     assert name is not None and backend is not None and behavior is not None
     assert low is not None and high is not None
@@ -648,14 +914,25 @@ def _backend(node: _Node | None) -> EcsBackend | LocalBackend | None:
     kind = node.get("type", _choice("ecs", "local"), "ecs")
     if kind == "local":
         return _local_backend(node)
-    cluster = node.require("cluster", _string)
-    service = node.require("service", _string)
-    region = node.require("region", _string)
-    endpoint = node.get("endpoint_url", _string, None)
+    cluster = node.require("cluster", _ecs_cluster)
+    service = node.require("service", _ecs_service)
+    region = node.require("region", _region)
+    endpoint = node.get("endpoint_url", _endpoint, None)
     node.check_unknown()
     if kind != "ecs" or None in (cluster, service, region):
         return None
     assert cluster is not None and service is not None and region is not None
+    in_cluster = ecs_names.cluster(cluster)
+    named = ecs_names.service(service)
+    assert in_cluster is not None and named is not None
+    for key, arn in (("cluster", in_cluster), ("service", named)):
+        if arn.region is not None and arn.region != region:
+            node.error(key, f"its ARN is in region {arn.region}, not {_show(region)}")
+    if named.cluster is not None and named.cluster != in_cluster.name:
+        node.error("service", f"its ARN is in cluster {named.cluster}, "
+                              f"not {_show(in_cluster.name)}")
+    if node.error_count:
+        return None
     return EcsBackend(cluster=cluster, service=service, region=region, endpoint_url=endpoint)
 
 
@@ -693,15 +970,16 @@ def _pattern(value: Any) -> str:
 
 
 def _local_backend(node: _Node) -> LocalBackend | None:
-    command = node.require("command", _command)
+    command = node.require("command", node.report.local_text(_command))
     env = node.get("env", _environment_map, {})
     cwd = node.get("cwd", _string, None)
-    ready = node.get("ready_pattern", _pattern, None)
+    ready = node.get("ready_pattern", node.report.local_text(_pattern), None)
     stop_timeout = node.get("stop_timeout", _duration, 30.0)
     node.at_least("stop_timeout", stop_timeout, 0, strict=True)
+    node.no_longer("stop_timeout", stop_timeout, 3600, "1h")
     pass_env = node.get("pass_env", _names, ())
     node.check_unknown()
-    if command is None or stop_timeout <= 0:
+    if command is None or node.error_count:
         return None
     return LocalBackend(command=command, env=env, cwd=cwd, ready_pattern=ready,
                         stop_timeout=stop_timeout, pass_env=pass_env)
@@ -720,7 +998,7 @@ def _names(value: Any) -> tuple[str, ...]:
 def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:
     kind = node.require("type", _choice(*RULE_KINDS))
     name = node.get("name", _string, f"{kind or 'rule'}-{index}")
-    query = node.require("query", _string)
+    query = node.require("query", node.report.query)
     # The rule's own match_labels replace the service's; {} reads every series.
     selector = node.get("match_labels", _selector, service_selector)
     aggregate = node.get("aggregate", _choice("sum", "max"), None)
@@ -730,7 +1008,9 @@ def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | N
     if kind == "per_worker":
         target = node.require("target", _number)
         node.at_least("target", target, 0, strict=True)
-        rule = PerWorker(target) if target is not None and target > 0 else None
+        if target is not None and target > 0:
+            node.at_least("target", target, 1e-6)
+        rule = PerWorker(target) if target is not None and not node.error_count else None
     elif kind == "drain":
         rule, extra = _drain(node)
     elif kind == "threshold":
@@ -756,16 +1036,15 @@ def _drain(node: _Node) -> tuple[Drain | None, dict[str, Any]]:
                                     f"(got {startup:g}s)")
     throughput = node.get("throughput", _rate, None)
     node.at_least("throughput", throughput, 0, strict=True)
-    throughput_query = node.get("throughput_query", _string, None)
-    if (throughput is None) == (throughput_query is None) and not any(
-        e.startswith(node.key("throughput") + ":") for e in node.errors
-    ):
+    if throughput is not None and throughput > 0:
+        node.at_least("throughput", throughput, 1e-6)  # tasks/s: 0.0036/h
+        node.at_most("throughput", throughput, 1e6)
+    throughput_query = node.get("throughput_query", node.report.query, None)
+    if (throughput is None) == (throughput_query is None) and not node.has_error("throughput") \
+            and not node.has_error("throughput_query"):
         node.error("throughput", "set exactly one of throughput and throughput_query")
-    arrival_query = node.get("arrival_query", _string, None)
-    if within is None or startup is None or startup >= within or within <= 0:
-        return None, {}
-    if (throughput is None) == (throughput_query is None) or (throughput is not None and
-                                                              throughput <= 0):
+    arrival_query = node.get("arrival_query", node.report.query, None)
+    if within is None or node.error_count:
         return None, {}
     return Drain(within, startup), {"throughput": throughput, "throughput_query":
                                     throughput_query, "arrival_query": arrival_query}
@@ -783,12 +1062,10 @@ def _threshold(node: _Node) -> Threshold | None:
     if step is not None and factor is not None:
         node.error("factor", "set step or factor, not both")
     node.at_least("step", step, 1)
+    node.at_most("step", step, ECS_MAX_TASKS)
     node.at_least("factor", factor, 1, strict=True)
-    if (above is None and below is None) or (above is not None and below is not None
-                                             and below >= above):
-        return None
-    if (step is not None and (step < 1 or factor is not None)) or (
-            factor is not None and factor <= 1):
+    node.at_most("factor", factor, 100)
+    if node.error_count:
         return None
     return Threshold(above, below, step if step is not None else 1, factor)
 
@@ -798,10 +1075,11 @@ def _behavior(node: _Node | None) -> Behavior | None:
         return Behavior(default_scale_up(), default_scale_down())
     tolerance = node.get("tolerance", _number, 0.1)
     node.at_least("tolerance", tolerance, 0)
+    node.at_most("tolerance", tolerance, 1)
     up = _direction(node.child("scale_up"), default_scale_up())
     down = _direction(node.child("scale_down"), default_scale_down())
     node.check_unknown()
-    if up is None or down is None or tolerance < 0:
+    if up is None or down is None or node.error_count:
         return None
     return Behavior(up, down, tolerance)
 
@@ -811,24 +1089,28 @@ def _direction(node: _Node | None, default: Direction) -> Direction | None:
         return default
     window = node.get("stabilization_window", _duration, default.stabilization_window)
     node.at_least("stabilization_window", window, 0)
+    node.no_longer("stabilization_window", window, DAY, "24h")
     select = node.get("select", _choice("max", "min", "disabled"), default.select)
     policies: list[Policy] = []
-    ok = window >= 0
+    ok = True
     if "policies" in node.data:
         for p in node.items("policies"):
             kind = p.require("type", _choice("workers", "percent"))
             value = p.require("value", _number)
             p.at_least("value", value, 0, strict=True)
+            # More than a service can have, or a thousandfold in one period: no limit.
+            p.at_most("value", value, ECS_MAX_TASKS if kind == "workers" else 100_000)
             period = p.require("period", _duration)
             p.at_least("period", period, 0, strict=True)
+            p.no_longer("period", period, DAY, "24h")
             p.check_unknown()
-            if kind is None or value is None or period is None or value <= 0 or period <= 0:
+            if kind is None or value is None or period is None or p.error_count:
                 ok = False
                 continue
             policies.append(Policy(kind, value, period))  # type: ignore[arg-type]
     else:
         policies = list(default.policies)
     node.check_unknown()
-    if not ok:
+    if not ok or node.error_count:
         return None
     return Direction(window, tuple(policies), select)  # type: ignore[arg-type]

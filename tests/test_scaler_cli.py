@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from bench import config_bench
 from tests.aws import CLUSTER, MOTO_SERVICE, REGION, desired_count
 from tests.services import SCALER, MetricsTarget, free_port
 
@@ -184,3 +188,55 @@ def test_run_once_exits_1_with_one_line_per_service_when_something_failed(once_w
     assert len(result.stdout.splitlines()) == 1, result.stdout
     assert re.fullmatch(line, result.stdout.strip()), result.stdout
     assert desired_count(ecs, MOTO_SERVICE) == 1
+
+# The benchmark's cases (bench/config_bench.py measures their time): here their outcome.
+REFUSED = [
+    "yaml: alias bomb (10^9 values)", "yaml: duplicate key", "yaml: 2 MiB file",
+    "template: 'x' * 100000000", "template: nested loops of 100000",
+    "template: range(100000)|join x3", "promql: unclosed parenthesis",
+    "counts: max 10000000000 on ECS", "ecs: two services on one ECS service",
+]
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_check_config_refuses_adversarial_configs_with_one_line_each(tmp_path, name):
+    case = config_bench.CASES[name]
+    path = tmp_path / "scaler.yml"
+    path.write_text(case.text)
+    result = run("check-config", str(path), timeout=20)  # a hang guard; bench-config times it
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [f"taskqueue-scaler: {path}: {case.error}"]
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--once", "--config"], ["backtest", "--from", "-1h", "--config"],
+    ["simulate", "--workload", "steady:rate=1/s,duration=1m", "--config"]])
+def test_run_backtest_and_simulate_refuse_the_same_configs(tmp_path, command):
+    case = config_bench.CASES["yaml: alias bomb (10^9 values)"]
+    path = tmp_path / "scaler.yml"
+    path.write_text(case.text)
+    result = run(*command, str(path), timeout=20)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"taskqueue-scaler: {path}: {case.error}"]
+
+
+def test_check_config_accepts_200_services(tmp_path):
+    path = tmp_path / "scaler.yml"
+    path.write_text(config_bench.CASES["legit: 200 services written out"].text)
+    result = run("check-config", str(path), timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: ok, 200 services: celery-q000, celery-q001, ")
+
+
+def test_the_config_benchmark_reports_each_case(tmp_path):
+    """`make bench-config`, for two of its cases: the report has their exit codes."""
+    result = subprocess.run(
+        [sys.executable, str(Path(config_bench.__file__)), "--runs", "1",
+         "--case", "promql: unclosed parenthesis", "--case", "legit: 200 services, one for_each",
+         "--json", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[:2] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [["| promql: unclosed parenthesis", "2"],
+                        ["| legit: 200 services, one for_each", "0"]]
+    assert [case["case"] for case in json.loads((tmp_path / "bench.json").read_text())[
+        "cases"]] == ["promql: unclosed parenthesis", "legit: 200 services, one for_each"]

@@ -88,7 +88,10 @@ def test_a_valid_config_with_for_each():
 
 
 def test_template_values_are_escaped_for_promql_strings():
-    text = VALID.replace("{queue: emails}", "{queue: 'we\"ird\\q'}")  # YAML value: we"ird\q
+    # YAML value: we"ird\q; not in the ECS service's name, which allows no quote.
+    text = (VALID.replace("{queue: emails}", "{queue: 'we\"ird\\q', n: 2}")
+            .replace("{queue: default}", "{queue: default, n: 1}")
+            .replace('service: "celery-{{ queue }}"', 'service: "celery-{{ n }}"'))
     config = parse_config(text, {"PROM_TOKEN": "x"})
     assert config.services[1].rules[0].query == 'sum(taskqueue_queue_depth{queue="we\\"ird\\\\q"})'
     assert config.services[1].name == 'worker-we"ird\\q'  # names are not PromQL
@@ -217,13 +220,17 @@ def test_template_errors_name_the_for_each_item():
     ]
 
 
+STAMPED_BACKEND = '{cluster: c, service: "s-{{ item }}", region: r}'
+
+
 def test_duplicate_service_names():
-    text = minimal(name="w", for_each="[a, b]")
+    text = minimal(name="w", for_each="[a, b]", backend=STAMPED_BACKEND)
     assert errors_of(text) == ["services: duplicate service name 'w'"]
 
 
 def test_plain_for_each_items_are_bound_to_item():
-    config = parse_config(minimal(name='"w-{{ item }}"', for_each="[a, b]"), {})
+    config = parse_config(minimal(name='"w-{{ item }}"', for_each="[a, b]",
+                                  backend=STAMPED_BACKEND), {})
     assert [s.name for s in config.services] == ["w-a", "w-b"]
 
 
@@ -249,7 +256,7 @@ def test_plain_for_each_items_are_bound_to_item():
         ("prometheus: {url: 'http://p'}\nservices: [3]", {},
          ["services[0]: must be a mapping (got 3)"]),
         ("- a list", {}, ["the config must be a YAML mapping with prometheus and services"]),
-        ("a: [unclosed", {}, ["line 1: expected ',' or ']', but got '<stream end>'"]),
+        ("a: [unclosed", {}, ["line 2: did not find expected ',' or ']'"]),
     ],
 )
 def test_top_level_errors(text, env, expected):
@@ -442,3 +449,256 @@ def test_the_readmes_restore_block_is_valid_as_shown():
                           re.S)
     config = parse_config("prometheus: {url: 'http://p'}\nservices: []\n" + block, {})
     assert config.restore == RestoreConfig(enabled=True, matchers='job="taskqueue-scaler"')
+
+# --------------------------------------------------------------------------- refused at the door
+
+BOMB = """
+    vars:
+      a: &a [x, x, x, x, x, x, x, x, x, x]
+      b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+      c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+      d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+      e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+      f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+      g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+      h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+      i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+CPU = ("template: still computing after 0.4 s of CPU time (a long loop, deep recursion or a "
+       "huge number?)")
+MEMORY = "template: needs more than the 64 MiB of memory allowed"
+
+
+def query(text: str) -> str:
+    """A service whose one rule's query is the YAML scalar `text`."""
+    return minimal(rules=f"[{{type: per_worker, query: {text}, target: 1}}]")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # YAML: an alias bomb, refused where it expands, before anything is built.
+    (minimal().replace("  -\n", "  -\n" + BOMB.strip("\n").replace("    ", "    ", 1) + "\n"),
+     ["services[0].vars.e: expands to more than 50000 values (YAML aliases/anchors?)"]),
+    ("prometheus: &p {url: 'http://p', x: *p}\nservices: []",
+     ["prometheus.x: refers to itself (a recursive YAML alias, line 1)"]),
+    (minimal(vars="[" * 70 + "]" * 70),
+     ["services[0].vars" + "[0]" * 61 + ": nested more than 64 levels deep (line 9)"]),
+    (minimal(max="1" + ":0" * 200),
+     ["services[0].max: a number of 401 characters, more than the 100 allowed (line 7)"]),
+    # Duplicate keys, in any mapping; a key overridden after a merge is none.
+    (minimal() + "    min: 2\n", ["services[0].min: duplicate key (line 9; first at line 6)"]),
+    (minimal(backend="{cluster: c, service: s, region: r, cluster: d}"),
+     ["services[0].backend.cluster: duplicate key (line 5; first at line 5)"]),
+    ("prometheus: {url: 'http://p'}\nservices: []\nservices: []",
+     ["services: duplicate key (line 3; first at line 2)"]),
+    (minimal(vars="{<<: {a: 1}, <<: {b: 2}}"),  # two merges are written <<: [*a, *b]
+     ["services[0].vars.<<: duplicate key (line 9; first at line 9)"]),
+    (minimal(vars="{1: a, 0x1: b}"), ["services[0].vars.0x1: duplicate key (line 9; first at "
+                                      "line 9)"]),
+    # PromQL, checked offline in every query key.
+    (query("'sum by (queue) (taskqueue_queue_depth'"),
+     ["services[0].rules[0].query: not valid PromQL: unclosed left parenthesis "
+      "(got 'sum by (queue) (taskqueue_queue_depth')"]),
+    (minimal(rules="[{type: drain, query: x, throughput_query: 'rate(x)', "
+                   "arrival_query: 'x +', drain_within: 5m}]"),
+     ["services[0].rules[0].throughput_query: not valid PromQL: expected type matrix in call "
+      "to function 'rate', got vector (got 'rate(x)')",
+      "services[0].rules[0].arrival_query: not valid PromQL: invalid promql query (got 'x +')"]),
+    (minimal(min="0", activation_query="'x y'", scale_down_guard="'nope(x)'"),
+     ["services[0].activation_query: not valid PromQL: invalid promql query (got 'x y')",
+      "services[0].scale_down_guard: not valid PromQL: unknown function with name 'nope' "
+      "(got 'nope(x)')"]),
+    (query('"sum(x{q=\\"{{ q }}\\"}"'), ["services[0].rules[0].query: template: 'q' is "
+                                        "undefined"]),  # no PromQL error besides
+    # Counts: ECS runs at most 5,000 tasks a service; the local backend 1,000 processes.
+    (minimal(max="10000000000"),
+     ["services[0].max: must be <= 5000, the most tasks ECS runs in one service "
+      "(got 10000000000)"]),
+    (minimal(min="5001", max="6000", fallback="7000"),
+     ["services[0].min: must be <= 5000, the most tasks ECS runs in one service (got 5001)",
+      "services[0].max: must be <= 5000, the most tasks ECS runs in one service (got 6000)",
+      "services[0].fallback: must be <= 5000, the most tasks ECS runs in one service "
+      "(got 7000)"]),
+    (minimal(backend="{type: local, command: x}", max="1001"),
+     ["services[0].max: must be <= 1000, the most worker processes the local backend runs "
+      "(got 1001)"]),
+    # Every number within a range; durations finite, bounded and not below a millisecond.
+    (minimal(max="1.0e+308"), ["services[0].max: must be between -1e+15 and 1e+15 "
+                               "(got 1e+308)"]),
+    (minimal(max=".inf"), ["services[0].max: must be between -1e+15 and 1e+15 (got inf)"]),
+    (minimal(max=".nan"), ["services[0].max: must be a finite number (got nan)"]),
+    (minimal(failure_threshold="1" + "0" * 30),
+     ["services[0].failure_threshold: must be between -1e+15 and 1e+15 "
+      "(got 1000000000000000000000000000000)"]),
+    (minimal(failure_threshold="1001"), ["services[0].failure_threshold: must be <= 1000 "
+                                         "(got 1001)"]),
+    (minimal(rules="[{type: per_worker, query: x, target: 1.0e-9}]"),
+     ["services[0].rules[0].target: must be >= 1e-06 (got 1e-09)"]),
+    (minimal(rules="[{type: drain, query: x, throughput: '0.000000001/s', drain_within: 5m}]"),
+     ["services[0].rules[0].throughput: must be >= 1e-06 (got 1e-09)"]),
+    (minimal(rules=f"[{{type: drain, query: x, throughput: '{'9' * 400}/s', "
+                   "drain_within: 5m}]"),
+     [f"services[0].rules[0].throughput: must be a rate like 2/min, 0.5/s or 100/h "
+      f"(got '{'9' * 56}...)"]),
+    (minimal(rules="[{type: drain, query: x, throughput: 1, drain_within: 30d}]"),
+     ["services[0].rules[0].drain_within: must be a duration like 30s, 5m or 1h (got '30d')"]),
+    (minimal(rules="[{type: drain, query: x, throughput: 1, drain_within: 200h}]"),
+     ["services[0].rules[0].drain_within: must be at most 7 days (got '200h')"]),
+    (minimal(rules=f"[{{type: drain, query: x, throughput: 1, drain_within: {'9' * 400}s}}]"),
+     [f"services[0].rules[0].drain_within: must be a duration like 30s, 5m or 1h "
+      f"(got '{'9' * 56}...)"]),
+    (minimal(rules="[{type: drain, query: x, throughput: 1, drain_within: 1.0e-7}]"),
+     ["services[0].rules[0].drain_within: must be 0 or at least 1ms (got 1e-07)"]),
+    (minimal(rules="[{type: threshold, query: x, above: 1, step: 10000}]"),
+     ["services[0].rules[0].step: must be <= 5000 (got 10000)"]),
+    (minimal(rules="[{type: threshold, query: x, above: 1, factor: 1000}]"),
+     ["services[0].rules[0].factor: must be <= 100 (got 1000)"]),
+    (minimal(behavior="{tolerance: 5}"), ["services[0].behavior.tolerance: must be <= 1 "
+                                          "(got 5)"]),
+    (minimal(behavior="{scale_down: {stabilization_window: 48h}}"),
+     ["services[0].behavior.scale_down.stabilization_window: must be at most 24h "
+      "(got 172800s)"]),
+    (minimal(behavior="{scale_up: {policies: [{type: workers, value: 6000, period: 25h}]}}"),
+     ["services[0].behavior.scale_up.policies[0].value: must be <= 5000 (got 6000)",
+      "services[0].behavior.scale_up.policies[0].period: must be at most 24h (got 90000s)"]),
+    (minimal(backend="{type: local, command: x, stop_timeout: 2h}"),
+     ["services[0].backend.stop_timeout: must be at most 1h (got 7200s)"]),
+    ("prometheus: {url: 'http://p', timeout: 1h}\ninterval: 50ms\nconcurrency: 1000\n"
+     "services: []",
+     ["prometheus.timeout: must be at most 10m (got 3600s)", "interval: must be >= 0.1 "
+      "(got 0.05)", "concurrency: must be <= 256 (got 1000)"]),
+    ("prometheus: {url: 'http://p'}\ninterval: 2h\nservices: []",
+     ["interval: must be at most 1h (got 7200s)"]),
+    # ECS names and ARNs, regions and endpoints as boto3 takes them.
+    (minimal(backend="{cluster: c, service: s, region: 'eu west 1', endpoint_url: moto}"),
+     ["services[0].backend.region: must be an AWS region like eu-west-1 (got 'eu west 1')",
+      "services[0].backend.endpoint_url: must be an http:// or https:// URL (got 'moto')"]),
+    (minimal(backend="{cluster: c, service: 'we\"ird', region: r}"),
+     ["services[0].backend.service: must be an ECS service name (up to 255 letters, digits, "
+      "- and _) or ARN (got 'we\"ird')"]),
+    (minimal(backend="{cluster: 'arn:aws:ecs:eu-west-1:123456789012:cluster/c', "
+                     "service: 'arn:aws:ecs:us-east-1:123456789012:service/d/s', "
+                     "region: us-east-1}"),
+     ["services[0].backend.cluster: its ARN is in region eu-west-1, not 'us-east-1'",
+      "services[0].backend.service: its ARN is in cluster d, not 'c'"]),
+])
+def test_bad_input_is_refused_with_its_key_path(text, expected):
+    assert errors_of(text) == expected
+
+
+@pytest.mark.parametrize(("template", "problem"), [
+    ("{{ 'x' * 100000000 }}", MEMORY),
+    ("{{ 'x'|center(1000000000) }}", MEMORY),
+    ("{{ '%0999999999d' % 1 }}", MEMORY),
+    ("{{ '{:>999999999}'.format(1) }}", MEMORY),
+    ("{{ 10 ** 100000000 }}", CPU),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x", CPU),
+    ("{{ range(100000)|join(',') }}" * 3, "template: renders more than the 65536 characters "
+                                          "allowed"),
+    ("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+     CPU),
+    ("{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+     "{% endfor %}{{ ns.s }}", MEMORY),
+    ("{{ 1 / 0 }}", "template: ZeroDivisionError: division by zero"),
+])
+def test_a_template_that_computes_too_much_is_refused(template, problem):
+    assert errors_of(query(f'"{template}"')) == [f"services[0].rules[0].query: {problem}"]
+
+
+def test_a_plain_template_that_renders_too_much_is_refused_before_it_is_built():
+    text = minimal(vars="{big: " + "y" * 40_000 + "}", name='"{{ big }}{{ big }}"')
+    assert errors_of(text) == [
+        "services[0].name: template: renders 80000 characters, more than the 65536 allowed"]
+
+
+def test_merge_keys_work_and_a_merged_key_overridden_is_no_duplicate():
+    text = minimal(min=None, max=None, name=None).replace(
+        "  -\n", "  - &first\n    <<: {min: 1, max: 5}\n    name: a\n    max: 9\n") + (
+        "  - {<<: *first, name: b, backend: {cluster: c, service: t, region: r}}\n")
+    first, second = parse_config(text, {}).services
+    assert (first.name, first.limits.min, first.limits.max) == ("a", 1, 9)
+    assert (second.name, second.limits.min, second.limits.max) == ("b", 1, 9)
+
+
+def test_no_more_services_than_one_scaler_may_run():
+    items = ", ".join(f"q{i}" for i in range(5001))
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]", backend=STAMPED_BACKEND)
+    assert errors_of(text) == ["services: 5001 services, more than the 5000 one scaler may run"]
+
+
+def test_for_each_cannot_stamp_past_the_values_a_config_may_expand_to():
+    items = ", ".join(f"q{i}" for i in range(4000))
+    variables = "{" + ", ".join(f"v{i}: {i}" for i in range(200)) + "}"
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]", backend=STAMPED_BACKEND,
+                   vars=variables)
+    assert errors_of(text) == [
+        "services[0].for_each: stamps 4000 services of 225 values each, more than the 500000 "
+        "values a config may expand to"]
+
+
+def test_two_services_on_one_ecs_service_are_an_error():
+    arn = "arn:aws:ecs:r:123456789012"
+    text = minimal() + (
+        f"  - {{name: v, backend: {{cluster: '{arn}:cluster/c', service: '{arn}:service/c/s', "
+        "region: r}, min: 0, max: 5, rules: [{type: per_worker, query: x, target: 1}]}\n"
+        f"  - {{name: u, backend: {{cluster: c, service: '{arn}:service/s', region: r}}, "
+        "min: 0, max: 5, rules: [{type: per_worker, query: x, target: 1}]}\n")
+    assert errors_of(text) == [
+        "services[1].backend: the same ECS service (r c/s) as services[0].backend: the two "
+        "would fight over its desired count",
+        "services[2].backend: the same ECS service (r c/s) as services[0].backend: the two "
+        "would fight over its desired count"]
+
+
+def test_for_each_stamps_on_one_ecs_service_are_an_error():
+    text = minimal(name='"w-{{ item }}"', for_each="[a, b]")
+    assert errors_of(text) == [
+        "services[0].backend: the same ECS service (r c/s) as services[0].backend (for_each "
+        "item=a): the two would fight over its desired count (for_each item=b)"]
+
+
+@pytest.mark.parametrize("other", [
+    "{cluster: c, service: s, region: eu-west-1}",  # another region
+    "{cluster: d, service: s, region: r}",  # another cluster
+    "{cluster: c, service: s, region: r, endpoint_url: 'http://moto:5000'}",  # another ECS
+])
+def test_services_with_the_same_name_elsewhere_are_no_conflict(other):
+    text = minimal() + (f"  - {{name: v, backend: {other}, min: 0, max: 5, "
+                        "rules: [{type: per_worker, query: x, target: 1}]}\n")
+    assert len(parse_config(text, {}).services) == 2
+
+
+def test_local_services_may_share_a_command():
+    local = "{type: local, command: 'sleep 60'}"
+    text = minimal(backend=local) + (f"  - {{name: v, backend: {local}, min: 0, max: 5, "
+                                     "rules: [{type: per_worker, query: x, target: 1}]}\n")
+    assert len(parse_config(text, {}).services) == 2
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"a: " + b"x" * (1 << 20), "the config is 1048579 bytes, more than the 1048576 allowed"),
+    (b"a: \xff\xfe", "not UTF-8 text (byte 4 of the file)"),
+])
+def test_load_config_refuses_what_is_not_a_config_file(tmp_path, content, expected):
+    path = tmp_path / "scaler.yml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.errors == [expected]
+
+
+def test_an_endless_file_is_read_no_further_than_the_limit():
+    with pytest.raises(ConfigError) as caught:
+        load_config("/dev/zero", {})
+    assert caught.value.errors == ["the config is more than the 1048576 bytes allowed"]
+
+
+def test_local_commands_and_ready_patterns_have_a_budget():
+    # Splitting a command and compiling a pattern take microseconds a character.
+    items = ", ".join(f"q{i}" for i in range(70))
+    command = "sleep " + "1" * 994
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]",
+                   backend=f"{{type: local, command: '{command} {{{{ item }}}}'}}")
+    # One line for all the services past the budget (the 66th and after).
+    assert errors_of(text) == [
+        "services[0].backend.command: the local backend's commands and ready patterns pass "
+        "65536 characters in all"]

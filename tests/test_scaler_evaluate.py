@@ -101,11 +101,12 @@ GROUPED = """
 prometheus: {url: 'http://p:9090'}
 services:
   - name: "w-{{ queue }}"
-    for_each: [{queue: a}, {queue: b}, {queue: 'we"ird'}]
+    # An ECS service name has no quote: the weird queue's service is named apart.
+    for_each: [{queue: a, ecs: a}, {queue: b, ecs: b}, {queue: 'we"ird', ecs: weird}]
     match_labels: {queue: "{{ queue }}"}
     min: 0
     max: 50
-    backend: {cluster: c, service: "s-{{ queue }}", region: r}
+    backend: {cluster: c, service: "s-{{ ecs }}", region: r}
     activation_query: sum by (queue) (waiting)
     rules:
       - {name: backlog, type: per_worker, query: sum by (queue) (backlog), target: 10}

@@ -1,0 +1,233 @@
+"""The config's Jinja2 templates rendered with bounded work, whatever they say.
+
+Nearly every template in a config is plain substitution: text and `{{ name }}`. Those
+are recognized here with one linear scan (no Jinja parse, whose cost a megabyte of
+template would make seconds) and rendered in this process, their size known before
+they are built. Everything else (filters, expressions, loops, macros) is rendered by
+scaler.template_sandbox in one child process with CPU-time and memory limits, since no
+check of single operations can bound what a template computes.
+
+Limits: a rendered string may have MAX_OUTPUT characters; the whole config's template
+texts and outputs together MAX_TOTAL (a few templates aliased or stamped many times
+could otherwise render gigabytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2.defaults import DEFAULT_NAMESPACE
+
+from scaler import template_sandbox
+from scaler.template_sandbox import CPU_SECONDS, MAX_OUTPUT, budget_spent, promql_string, short
+
+MAX_TOTAL = 16 << 20
+# Only if the child hangs without using CPU, which a template cannot make it do.
+WALL_SECONDS = 20.0
+
+_BLOCK_START = re.compile(r"\{[{%#]")
+_PLAIN_BLOCK = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+# Names Jinja does not read as a variable: constants, an operator, the template itself.
+_NOT_VARIABLES = frozenset({"true", "false", "none", "True", "False", "None", "not", "self"})
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One string to render: with the variables `stamps[stamp]`, escaped for PromQL or not."""
+
+    text: str
+    promql: bool
+    stamp: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    problem: str  # one line: "template: 'queu' is undefined"
+
+
+# A rendered string, why it could not be, or None: never rendered, as rendering stopped
+# at an earlier template's failure (which is reported).
+Result = str | Failure | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A plain template: literal text and variable names, alternating, text first."""
+
+    parts: tuple[str, ...]
+
+
+def plain(text: str) -> _Plan | None:
+    """The plan of `text` when it is text and `{{ name }}` only, as Jinja reads it."""
+    # Jinja's lexer: every newline becomes \n and one trailing newline goes.
+    source = _NEWLINES.sub("\n", text)
+    if source.endswith("\n"):
+        source = source[:-1]
+    parts: list[str] = []
+    position = 0
+    while (start := _BLOCK_START.search(source, position)) is not None:
+        block = _PLAIN_BLOCK.match(source, start.start())
+        if block is None or block.group(1) in _NOT_VARIABLES:
+            return None
+        parts += (source[position:start.start()], block.group(1))
+        position = block.end()
+    parts.append(source[position:])
+    return _Plan(tuple(parts))
+
+
+class _Renderer:
+    def __init__(self, stamps: Sequence[Mapping[str, Any]]) -> None:
+        self.stamps = stamps
+        self.left = MAX_TOTAL
+        self.plans: dict[str, _Plan | None] = {}
+        self.values: dict[tuple[int, str, bool], str] = {}
+
+    def in_process(self, job: Job) -> Result | type[_Child]:
+        if job.text not in self.plans:
+            self.plans[job.text] = plain(job.text)
+        plan = self.plans[job.text]
+        if plan is None:
+            return _Child
+        variables = self.stamps[job.stamp]
+        cost = len(job.text)
+        for name in plan.parts[1::2]:
+            if name not in variables:
+                if name in DEFAULT_NAMESPACE:
+                    return _Child  # Jinja's range, dict...: rare, and not plain text
+                return Failure(short(f"template: '{name}' is undefined"))
+            value = variables[name]
+            if type(value) not in _SCALARS:
+                return _Child  # a list or a mapping: its text is Python's, of any size
+            cost += len(value) if isinstance(value, str) else 24
+        if cost > self.left:
+            self.left = -1
+            return Failure(f"template: {budget_spent(MAX_TOTAL)}")
+        pieces = [self._value(job, part) if i % 2 else part for i, part in enumerate(plan.parts)]
+        size = sum(map(len, pieces))
+        self.left -= len(job.text) + size
+        if size > MAX_OUTPUT:
+            return Failure(f"template: renders {size} characters, more than the "
+                           f"{MAX_OUTPUT} allowed")
+        return "".join(pieces)
+
+    def _value(self, job: Job, name: str) -> str:
+        key = (job.stamp, name, job.promql)
+        text = self.values.get(key)
+        if text is None:
+            value = self.stamps[job.stamp][name]
+            text = promql_string(value) if job.promql else str(value)
+            self.values[key] = text
+        return text
+
+
+class _Child:
+    """Marks a job for the sandboxed child process."""
+
+
+def render_all(jobs: Sequence[Job], stamps: Sequence[Mapping[str, Any]]) -> list[Result]:
+    """Each job's rendered text or failure, in order; equal jobs are rendered once."""
+    renderer = _Renderer(stamps)
+    done: dict[Job, Result] = {}
+    child_jobs: list[Job] = []
+    for job in jobs:
+        if job in done or renderer.left < 0:
+            continue
+        result = renderer.in_process(job)
+        if result is _Child:
+            child_jobs.append(job)
+            done[job] = None
+        else:
+            done[job] = result  # type: ignore[assignment]
+    if child_jobs and renderer.left >= 0:
+        done.update(zip(child_jobs, _in_child(child_jobs, stamps, renderer.left), strict=True))
+    return [done.get(job) for job in jobs]
+
+
+def _child_environment() -> dict[str, str]:
+    # Nothing of ours (tokens, credentials) reaches a process running config input: only
+    # where our modules are (so it imports the Jinja2 we do, however we were installed)
+    # and the loader path, for a Python whose libpython is found through it.
+    environment = {"PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    if "LD_LIBRARY_PATH" in os.environ:
+        environment["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
+    return environment
+
+
+def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -> list[Result]:
+    used = sorted({job.stamp for job in jobs})
+    index = {stamp: i for i, stamp in enumerate(used)}
+    request = pickle.dumps({
+        "jobs": [(job.text, job.promql, index[job.stamp]) for job in jobs],
+        "stamps": [stamps[stamp] for stamp in used],
+        "left": left, "total": MAX_TOTAL,
+    }, protocol=pickle.HIGHEST_PROTOCOL)
+    results: list[Result] = [None] * len(jobs)
+    # -P: the script's own directory (scaler/) is no place to import from.
+    command = [sys.executable, "-P", str(Path(template_sandbox.__file__))]
+    try:
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=_child_environment())
+    except OSError as error:
+        results[0] = Failure(f"template: cannot start the sandbox: {error.strerror or error}")
+        return results
+    killed = False
+    try:
+        out, err = child.communicate(request, timeout=WALL_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        killed = True
+        out, err = child.communicate()
+    finally:
+        if child.poll() is None:  # interrupted (Ctrl-C): no child left behind
+            child.kill()
+            child.wait()
+    running: int | None = None
+    cpu_before = 0.0  # CPU time the jobs before the running one took
+    for line in out.decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break  # cut short by the kill
+        if "start" in record:
+            running, cpu_before = record["start"], record["cpu"]
+        else:
+            results[record["index"]] = (Failure(record["error"]) if "error" in record
+                                        else record["output"])
+            running = None
+    if child.returncode != 0:
+        culprit = 0 if running is None else running
+        results[culprit] = Failure(_death(child.returncode, killed, running is not None, err,
+                                          culprit, cpu_before))
+    return results
+
+
+def _death(code: int, killed: bool, started: bool, stderr: bytes, culprit: int,
+           cpu_before: float) -> str:
+    if killed:
+        return f"template: still rendering after {WALL_SECONDS:g} s"
+    if code in (-signal.SIGPROF, -signal.SIGXCPU):
+        if cpu_before < CPU_SECONDS / 2:
+            return (f"template: still computing after {CPU_SECONDS:g} s of CPU time "
+                    "(a long loop, deep recursion or a huge number?)")
+        # Most of the time went to the templates before it: the whole is too much.
+        return (f"template: the config's {culprit} templates before this one that compute "
+                f"(filters, expressions, statements) took most of the {CPU_SECONDS:g} s of "
+                "CPU time they may have together")
+    if code < 0:
+        return f"template: the sandbox rendering it died ({signal.Signals(-code).name})"
+    last = short((stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1])
+    if started:
+        return f"template: the sandbox rendering it failed: {last}"
+    return f"template: the sandbox did not start: {last}"

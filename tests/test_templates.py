@@ -1,0 +1,125 @@
+"""Templates: plain substitution in process exactly as Jinja renders it, the rest in the
+sandboxed child within its limits, and every failure a one-line problem."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from scaler import template_sandbox, templates
+from scaler.templates import Failure, Job, render_all
+
+VARIABLES = {"queue": 'we"ird\\q\nx', "n": 3, "f": 1.5, "nothing": None, "yes": True,
+             "empty": "", "loop": "L", "range": "R"}
+
+PLAIN = [
+    "celery-{{ queue }}", "{{queue}}", "{{\tqueue\n}}", "a\r\nb\rc\n{{ n }}\n", "text\n\n",
+    'x{q="{{ queue }}"} + {{ n }} * {{ f }}', "{{ nothing }}-{{ yes }}-{{ empty }}",
+    "{ a } }} {{ loop }} {{ range }}", "ünïcödé {{ queue }} ✓", "{{ n }}{{ n }}",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN)
+@pytest.mark.parametrize("promql", [True, False])
+def test_plain_templates_render_in_process_as_jinja_does(text, promql):
+    assert templates.plain(text) is not None
+    jinja = template_sandbox.environment(promql).from_string(text).render(VARIABLES)
+    assert render_all([Job(text, promql, 0)], [VARIABLES]) == [jinja]
+
+
+@pytest.mark.parametrize("text", [
+    "{{ queue | upper }}", "{{ 'x' }}", "{{ true }}", "{{ self }}", "{{- queue }}",
+    "{{ queue -}}", "{% if n %}x{% endif %}", "{# comment #}", "{{ q.a }}", "{{{ x }}}",
+    "{{ queue }", "{{ dict }}",
+])
+def test_anything_else_is_not_plain_or_needs_the_sandbox(text):
+    plan = templates.plain(text)
+    assert plan is None or "dict" in plan.parts
+
+
+def test_the_sandbox_renders_what_computes_and_escapes_for_promql():
+    jobs = [Job('{{ queue | upper }}', True, 0), Job("{{ n * 2 }}", False, 0),
+            Job("{% for q in qs %}{{ q }},{% endfor %}", False, 1)]
+    stamps = [VARIABLES, {"qs": ["a", "b"]}]
+    assert render_all(jobs, stamps) == ['WE\\"IRD\\\\Q\\nX', "6", "a,b,"]
+
+
+def test_a_variable_of_any_size_is_refused_before_it_is_copied():
+    huge = "y" * 40_000
+    result = render_all([Job("{{ v }}{{ v }}", True, 0)], [{"v": huge}])
+    assert result == [Failure("template: renders 80000 characters, more than the 65536 "
+                              "allowed")]
+
+
+def test_the_whole_configs_templates_have_a_budget():
+    # 300 services each rendering 60,000 characters: 18 MB, more than the 16 MiB allowed.
+    stamps = [{"v": "y" * 60_000, "i": i} for i in range(300)]
+    results = render_all([Job("{{ i }}{{ v }}", False, i) for i in range(300)], stamps)
+    spent = next(i for i, result in enumerate(results) if not isinstance(result, str))
+    used = sum(len(r) + len("{{ i }}{{ v }}") for r in results[:spent])
+    # Refused only when it would not fit.
+    assert used <= templates.MAX_TOTAL < used + len("{{ i }}{{ v }}") + 60_003
+    assert results[spent] == Failure("template: the config's templates render more than the "
+                                     "16777216 characters allowed in all")
+    assert results[spent + 1:] == [None] * (299 - spent)  # rendering stopped
+
+
+def test_equal_jobs_render_once():
+    jobs = [Job("{{ n | string }}", False, 0)] * 3
+    assert render_all(jobs, [VARIABLES]) == ["3"] * 3
+
+
+def test_after_the_sandbox_is_killed_the_culprit_is_named_and_later_jobs_are_not_rendered():
+    jobs = [Job("{{ n + 1 }}", False, 0),
+            Job("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                "{% endfor %}", False, 0),
+            Job("{{ n + 2 }}", False, 0)]
+    assert render_all(jobs, [VARIABLES]) == [
+        "4", Failure("template: still computing after 0.4 s of CPU time (a long loop, deep "
+                     "recursion or a huge number?)"), None]
+
+
+def test_the_sandbox_gets_none_of_our_environment(monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "s3cret")
+    environments = []
+    popen = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        child = popen(*args, **kwargs)  # returns once the child has exec'd: its own env
+        with open(f"/proc/{child.pid}/environ", "rb") as environ:
+            environments.append(environ.read())
+        return child
+
+    monkeypatch.setattr(templates.subprocess, "Popen", spy)
+    assert render_all([Job("{{ n + 1 }}", False, 0)], [VARIABLES]) == ["4"]
+    assert len(environments) == 1
+    assert b"s3cret" not in environments[0] and b"SECRET_TOKEN" not in environments[0]
+
+
+def test_a_sandbox_that_cannot_start_is_one_failure(monkeypatch):
+    monkeypatch.setattr(templates.sys, "executable", "/nonexistent/python")
+    assert render_all([Job("{{ n + 1 }}", False, 0)], [VARIABLES]) == [
+        Failure("template: cannot start the sandbox: No such file or directory")]
+
+
+def test_rendering_thousands_of_plain_templates_stays_in_process():
+    stamps = [{"queue": f"q{i}"} for i in range(2000)]
+    jobs = [Job('sum(x{queue="{{ queue }}"})', True, i) for i in range(2000)]
+    started = time.perf_counter()
+    results = render_all(jobs, stamps)
+    assert results[1999] == 'sum(x{queue="q1999"})'
+    # No child process (which takes tens of milliseconds to start) for these.
+    assert time.perf_counter() - started < 5
+
+
+def test_templates_that_compute_share_one_cpu_budget_and_the_error_says_so():
+    # Cheap ones, but so many that together they pass 0.4 s of CPU time.
+    stamps = [{"queue": f"q{i}"} for i in range(100_000)]
+    results = render_all([Job("{{ queue | lower }}", False, i) for i in range(100_000)], stamps)
+    failed = next(i for i, result in enumerate(results) if not isinstance(result, str))
+    assert results[failed] == Failure(
+        f"template: the config's {failed} templates before this one that compute (filters, "
+        "expressions, statements) took most of the 0.4 s of CPU time they may have together")
+    assert results[failed - 1] == f"q{failed - 1}"
