@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log_restored(restored, config)
     fleet = Fleet(config.services, lambda region, endpoint: ecs_client(region, endpoint))
     scaler = Scaler(config, prometheus.query_samples, fleet, clock=time.time, timer=time.monotonic,
-                    dry_run=args.dry_run, histories=restored.histories, lease=lease)
+                    dry_run=args.dry_run, histories=restored.histories, lease=lease,
+                    metric_names=prometheus.metric_names)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScalerCollector(scaler))
     try:

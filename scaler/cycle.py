@@ -30,7 +30,14 @@ from scaler.ecs import (
     client_error,
     describe_many,
 )
-from scaler.evaluate import Evaluation, Result, SampleSet, evaluate, queries_of
+from scaler.evaluate import (
+    Evaluation,
+    Result,
+    SampleSet,
+    evaluate,
+    explain_missing,
+    queries_of,
+)
 from scaler.lease import Lease
 from scaler.local import LocalBackend, LocalFleet
 from scaler.prometheus import QueryError, Sample
@@ -44,6 +51,8 @@ DESCRIBE_CONCURRENCY = 4
 # /healthz turns 503 when no cycle has finished for 3 intervals, plus the longest a
 # cycle waits for its queries, plus this (seconds): room for slow ECS calls.
 STALL_GRACE = 60.0
+# How long the list of Prometheus' metric names is reused (seconds).
+NAMES_FOR = 60.0
 ClientFactory = Callable[[str, str | None], Any]  # (region, endpoint_url) -> boto3 ECS client
 
 
@@ -178,6 +187,7 @@ class Scaler:
         dry_run: bool = False,
         histories: Mapping[str, History] | None = None,
         lease: Lease | None = None,
+        metric_names: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.config = config
         self._query = query
@@ -186,6 +196,10 @@ class Scaler:
         self._timer = timer
         self._dry_run = dry_run
         self._lease = lease
+        # Every metric name Prometheus holds, asked when a rule finds no series, to tell a
+        # name that does not exist from an empty queue; kept for NAMES_FOR seconds.
+        self._metric_names = metric_names
+        self._names: tuple[float, frozenset[str] | None] | None = None
         self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="query")
         self.lock = threading.Lock()  # held while state changes; the collector reads under it
         self.states: dict[str, ServiceState] = {
@@ -264,6 +278,19 @@ class Scaler:
         return (f"the last evaluation cycle finished {idle:.0f}s ago "
                 f"(interval {self.config.interval:g}s)")
 
+    def _known_names(self) -> frozenset[str] | None:
+        """Prometheus' metric names, at most NAMES_FOR seconds old; None if unknown."""
+        if self._metric_names is None:
+            return None
+        now = self._timer()
+        if self._names is None or now - self._names[0] >= NAMES_FOR:
+            try:
+                self._names = (now, self._metric_names())
+            except Exception as error:  # advice only: the rule's own error stands
+                log.debug("cannot list Prometheus' metric names: %s", error)
+                self._names = (now, None)
+        return self._names[1]
+
     def _standby(self) -> tuple[str | None, float | None]:
         """Why this instance must not change services this cycle (no lease), or None; and
         the time until which it may (None: no limit)."""
@@ -307,6 +334,10 @@ class Scaler:
         try:
             evaluation: Evaluation | None = evaluate(service, results, counts)
             assert evaluation is not None
+            if any(kind == "no_data" for kind, _ in evaluation.errors):
+                known = self._known_names()
+                if known is not None:
+                    evaluation = explain_missing(service, evaluation, known)
             decision = decide(evaluation.inputs, counts, service.limits, service.behavior,
                               state.history, now, pause)
             problems = tuple(message for _, message in evaluation.errors)

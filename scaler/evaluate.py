@@ -11,8 +11,9 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from scaler import promql_syntax
 from scaler.config import RuleConfig, Selector, ServiceConfig
 from scaler.decision import Counts, Inputs
 from scaler.prometheus import Sample
@@ -206,3 +207,49 @@ def evaluate(service: ServiceConfig, results: Mapping[str, Result], counts: Coun
         outcomes, Inputs(recommendations, failed=failed, activation=activation, guard=guard),
         tuple(errors),
     )
+
+
+def missing_metrics(service: ServiceConfig, evaluation: Evaluation) -> dict[str, frozenset[str]]:
+    """Per rule that found no series, the metric names its queries read."""
+    by_rule = {rule.name: rule for rule in service.rules}
+    found: dict[str, frozenset[str]] = {}
+    for outcome in evaluation.rules:
+        rule = by_rule.get(outcome.rule)
+        if outcome.error_kind != "no_data" or rule is None:
+            continue
+        names: set[str] = set()
+        for query in (rule.query, rule.throughput_query, rule.arrival_query):
+            if query:
+                try:
+                    names |= promql_syntax.metric_names(query)
+                except ValueError:
+                    continue  # the config checked it; nothing to add
+        found[outcome.rule] = frozenset(names)
+    return found
+
+
+def explain_missing(service: ServiceConfig, evaluation: Evaluation,
+                    known: frozenset[str]) -> Evaluation:
+    """The evaluation with each "no series" error naming the metrics its rule reads that
+    Prometheus has never stored (`known`: every name it holds): a typo, or a target or
+    recording rule that is missing, not an empty queue."""
+    unknown = {rule: sorted(names - known)
+               for rule, names in missing_metrics(service, evaluation).items()
+               if names - known}
+    if not unknown:
+        return evaluation
+    rules, errors = [], list(evaluation.errors)
+    for outcome in evaluation.rules:
+        names = unknown.get(outcome.rule)
+        if names and outcome.error:
+            shown = ", ".join(names)
+            what = "metric" if len(names) == 1 else "metrics"
+            verb = "does" if len(names) == 1 else "do"
+            message = (f"{outcome.error}; the {what} {shown} {verb} not exist in Prometheus "
+                       "(no series of that name was ever stored: a typo, or a target or "
+                       "recording rule that is missing)")
+            errors = [(kind, message if text == outcome.error else text)
+                      for kind, text in errors]
+            outcome = replace(outcome, error=message)
+        rules.append(outcome)
+    return replace(evaluation, rules=tuple(rules), errors=tuple(errors))

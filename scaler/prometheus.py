@@ -157,6 +157,23 @@ class PrometheusClient:
         response = self._post(self._endpoint, form, promql, shown)
         return self._samples(promql, shown, response)
 
+    def metric_names(self) -> frozenset[str]:
+        """Every metric name Prometheus holds a series of (its `__name__` label values):
+        a name missing here was never scraped or recorded."""
+        shown = "'label __name__ values'"
+        try:
+            response = self._session.get(
+                self.settings.url.rstrip("/") + "/api/v1/label/__name__/values",
+                headers=self._headers, timeout=self.settings.timeout,
+                verify=self.settings.verify_tls, allow_redirects=False)
+        except requests.RequestException as error:
+            raise QueryError("unreachable", f"cannot list metric names at {self._shown_url}: "
+                                            f"{self._reason(error)}", query=shown) from error
+        data = self._data("__name__", shown, response, list)
+        if not all(isinstance(n, str) for n in data):
+            raise self._bad("__name__", shown, response.status_code)("names are not a list")
+        return frozenset(data)
+
     def query_range(
         self, promql: str, start: float, end: float, step: float
     ) -> list[RangeSeries]:
@@ -237,7 +254,8 @@ class PrometheusClient:
 
         return bad
 
-    def _data(self, promql: str, shown: str, response: requests.Response) -> dict[str, Any]:
+    def _data(self, promql: str, shown: str, response: requests.Response,
+              expect: type = dict) -> Any:
         """The `data` object of a successful answer; any other answer is a QueryError."""
         status = response.status_code
         bad = self._bad(promql, shown, status)
@@ -275,8 +293,8 @@ class PrometheusClient:
         if not isinstance(body, dict) or body.get("status") != "success":
             raise bad('expected a JSON object with "status": "success"')
         data = body.get("data")
-        if not isinstance(data, dict):
-            raise bad('no "data" object')
+        if not isinstance(data, expect):
+            raise bad(f'no "data" {"object" if expect is dict else "list"}')
         return data
 
     def _samples(self, promql: str, shown: str, response: requests.Response) -> list[Sample]:

@@ -149,6 +149,10 @@ def test_run_once_says_what_it_did_to_each_service_and_exits_0_when_all_went_wel
     ("prometheus unreachable",
      r"w: 1 \(unchanged, NoData\): rule backlog: cannot reach prometheus at "
      r"http://127\.0\.0\.1:\d+ for query .*: Connection refused"),
+    ("metric misspelt",
+     r"w: 1 \(unchanged, NoData\): rule backlog: query returned no series; the metric "
+     r"taskqueue_queue_dept does not exist in Prometheus \(no series of that name was ever "
+     r"stored: a typo, or a target or recording rule that is missing\)"),
     ("query rejected",
      r"w: 1 \(unchanged, NoData\): rule backlog: prometheus returned a bad response for "
      r'query .*: result type "matrix" is not supported; .*'),
@@ -170,6 +174,8 @@ def test_run_once_exits_1_with_one_line_per_service_when_something_failed(once_w
     env = None
     if case == "prometheus unreachable":
         config = write(prometheus_url=f"http://127.0.0.1:{free_port()}")
+    elif case == "metric misspelt":
+        config = write(query='sum(taskqueue_queue_dept{queue="default"})')
     elif case == "query rejected":
         config = write(query='taskqueue_queue_depth{queue="default"}[1m]')
     elif case == "ecs unreachable":

@@ -8,7 +8,7 @@ import pytest
 
 from scaler.config import parse_config
 from scaler.decision import Counts, Inputs
-from scaler.evaluate import RuleOutcome, SampleSet, evaluate, queries_of
+from scaler.evaluate import RuleOutcome, SampleSet, evaluate, explain_missing, queries_of
 from scaler.prometheus import QueryError, Sample
 
 CONFIG = """
@@ -334,3 +334,18 @@ def test_the_health_query_is_sent_only_for_services_that_read_empty_as_zero():
 """, {}).services
     assert [HEALTH in queries_of(s) for s in services] == [True, True, True, False]
     assert 'up{job="custom"} == 1' not in queries_of(services[3])
+
+
+def test_no_series_names_the_metrics_prometheus_never_stored():
+    service = parse_config(GROUPED, {}).services[1]
+    missing = {**BY_QUEUE, "sum by (queue) (backlog)": SampleSet([Sample({"queue": "a"}, 1.0)])}
+    evaluation = evaluate(service, missing, COUNTS)
+    explained = explain_missing(service, evaluation, frozenset({"waiting", "fleet_floor"}))
+    message = ('rule backlog: query returned no series matching {queue="b"}; the metric '
+               "backlog does not exist in Prometheus (no series of that name was ever "
+               "stored: a typo, or a target or recording rule that is missing)")
+    assert explained.errors == (("no_data", message),)
+    assert explained.rules[0].error == message
+    assert explained.inputs == evaluation.inputs
+    # A name Prometheus holds: the queue is just not there; the message says nothing more.
+    assert explain_missing(service, evaluation, frozenset({"backlog"})) == evaluation
