@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import FrameType
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -179,10 +180,22 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     prometheus = PrometheusClient(config.prometheus, session=_session(config))
     restored = restore(config, prometheus.query_range, time.time())
     log_restored(restored, config)
-    fleet = Fleet(config.services, lambda region, endpoint: ecs_client(region, endpoint))
+    update_client_for, budget = None, 0.0
+    if lease is not None and config.lease is not None:
+        # One UpdateService under the lease: one attempt of at most 2 x timeout, which
+        # must fit in the third of the ttl kept back between the safe time and expiry.
+        timeout = config.lease.ttl / 12
+
+        def update_client_for(region: str, endpoint: str | None) -> Any:
+            return ecs_client(region, endpoint, max_attempts=1, connect_timeout=timeout,
+                              read_timeout=timeout)
+
+        budget = 2 * timeout
+    fleet = Fleet(config.services, lambda region, endpoint: ecs_client(region, endpoint),
+                  update_client_for)
     scaler = Scaler(config, prometheus.query_samples, fleet, clock=time.time, timer=time.monotonic,
                     dry_run=args.dry_run, histories=restored.histories, lease=lease,
-                    metric_names=prometheus.metric_names)
+                    metric_names=prometheus.metric_names, update_budget=budget)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScalerCollector(scaler))
     try:

@@ -43,9 +43,12 @@ T = TypeVar("T")
 RuleKind = Literal["per_worker", "drain", "threshold", "expression"]
 RULE_KINDS: tuple[RuleKind, ...] = ("per_worker", "drain", "threshold", "expression")
 DEFAULT_PORT = 9809
-# Every exporter scraped and read its broker: an exporter that is down has no series
-# (stale), one that cannot read its broker reports 0.
-DEFAULT_HEALTH_QUERY = f"min({metric_names.SCRAPE_SUCCESS.name})"
+# Every exporter scraped and read its broker, and none is missing: one that cannot read
+# its broker reports 0; one that is down or gone has no series at all (stale), so the
+# exporters reporting success now are compared with the most seen in the last 10 minutes.
+DEFAULT_HEALTH_QUERY = (
+    f"count({metric_names.SCRAPE_SUCCESS.name} == 1) >= "
+    f"max_over_time(count({metric_names.SCRAPE_SUCCESS.name})[10m:15s])")
 # ECS runs at most 5,000 tasks per service (a quota that cannot be raised).
 ECS_MAX_TASKS = 5000
 LOCAL_MAX_PROCESSES = 1000
@@ -948,7 +951,16 @@ def _command(value: Any) -> tuple[str, ...]:
         raise _Invalid(f"must be a command line or a list of arguments (got {_show(value)})")
     if not parts or not parts[0]:
         raise _Invalid("must name a program to run")
+    if any("\0" in part for part in parts):
+        raise _Invalid("must not hold a NUL character")
     return parts
+
+
+def _path(value: Any) -> str:
+    text = _string(value)
+    if "\0" in text:
+        raise _Invalid("must not hold a NUL character")
+    return text
 
 
 def _environment_map(value: Any) -> dict[str, str]:
@@ -957,6 +969,11 @@ def _environment_map(value: Any) -> dict[str, str]:
         for k, v in value.items()
     ):
         raise _Invalid("must map variable names to string values")
+    for name, text in value.items():
+        # What exec refuses: a name with "=" or NUL, a value with NUL.
+        if not _VARIABLE.match(name) or "\0" in str(text):
+            raise _Invalid(f"variable {_show(name)}: names are letters, digits and _, "
+                           "values have no NUL character")
     return {k: str(v) for k, v in value.items()}
 
 
@@ -972,7 +989,7 @@ def _pattern(value: Any) -> str:
 def _local_backend(node: _Node) -> LocalBackend | None:
     command = node.require("command", node.report.local_text(_command))
     env = node.get("env", _environment_map, {})
-    cwd = node.get("cwd", _string, None)
+    cwd = node.get("cwd", _path, None)
     ready = node.get("ready_pattern", node.report.local_text(_pattern), None)
     stop_timeout = node.get("stop_timeout", _duration, 30.0)
     node.at_least("stop_timeout", stop_timeout, 0, strict=True)

@@ -73,9 +73,14 @@ class Fleet:
     """The services behind the config: ECS ones read in batches per cluster, local ones
     from their processes."""
 
-    def __init__(self, services: Sequence[ServiceConfig], client_for: ClientFactory) -> None:
+    def __init__(self, services: Sequence[ServiceConfig], client_for: ClientFactory,
+                 update_client_for: ClientFactory | None = None) -> None:
         self._client_for = client_for
+        # UpdateService may go through clients of its own (one attempt, short timeouts:
+        # under a lease a change must land before the lease can pass to another instance).
+        self._update_client_for = update_client_for
         self._clients: dict[tuple[str, str | None], Any] = {}
+        self._update_clients: dict[tuple[str, str | None], Any] = {}
         self._backends: dict[str, EcsBackend] = {
             s.name: s.backend for s in services if isinstance(s.backend, EcsBackend)}
         for backend in self._backends.values():
@@ -84,17 +89,21 @@ class Fleet:
         self.local = LocalFleet({s.name: s.backend for s in services
                                  if isinstance(s.backend, LocalBackend)})
 
-    def _client(self, region: str, endpoint: str | None, service: str) -> Any:
+    def _client(self, region: str, endpoint: str | None, service: str,
+                update: bool = False) -> Any:
         """The client of a region, made on first use. Making one loads credentials, which
         can fail (a task role's endpoint that does not answer yet): that is an error of the
         services it serves, tried again at the next use, never the end of the scaler."""
         key = (region, endpoint)
-        if key not in self._clients:
+        clients, make = self._clients, self._client_for
+        if update and self._update_client_for is not None:
+            clients, make = self._update_clients, self._update_client_for
+        if key not in clients:
             try:
-                self._clients[key] = self._client_for(region, endpoint)
+                clients[key] = make(region, endpoint)
             except BotoCoreError as error:
                 raise client_error(error, service) from None
-        return self._clients[key]
+        return clients[key]
 
     def read(self) -> dict[str, ServiceCounts | BackendError]:
         groups: dict[tuple[str, str | None, str], list[str]] = {}
@@ -123,7 +132,8 @@ class Fleet:
             self.local.workers[name].set_desired(count)
             return
         backend = self._backends[name]
-        client = self._client(backend.region, backend.endpoint_url, backend.service)
+        client = self._client(backend.region, backend.endpoint_url, backend.service,
+                              update=True)
         EcsService(client, backend.cluster, backend.service).set_desired(count)
 
     def restarts(self) -> dict[str, int]:
@@ -188,6 +198,7 @@ class Scaler:
         histories: Mapping[str, History] | None = None,
         lease: Lease | None = None,
         metric_names: Callable[[], frozenset[str]] | None = None,
+        update_budget: float = 0.0,
     ) -> None:
         self.config = config
         self._query = query
@@ -196,6 +207,9 @@ class Scaler:
         self._timer = timer
         self._dry_run = dry_run
         self._lease = lease
+        # The longest one UpdateService can take, retries included: under a lease a change
+        # is only started while that much of the lease's safe time is left.
+        self._update_budget = update_budget
         # Every metric name Prometheus holds, asked when a rule finds no series, to tell a
         # name that does not exist from an empty queue; kept for NAMES_FOR seconds.
         self._metric_names = metric_names
@@ -330,8 +344,10 @@ class Scaler:
             self._log_problems(service.name, state, (problem,))
             return Outcome(service.name, None, None, Reason.NO_DATA.value, False, (problem,))
         counts = Counts(read.desired, read.running, read.pending)
-        pause, pause_problem = parse_pause(read.pause)
+        pause: Pause | None = None
+        pause_problem: str | None = None
         try:
+            pause, pause_problem = parse_pause(read.pause)
             evaluation: Evaluation | None = evaluate(service, results, counts)
             assert evaluation is not None
             if any(kind == "no_data" for kind, _ in evaluation.errors):
@@ -372,8 +388,9 @@ class Scaler:
                 note = "dry run"
             elif standby is not None:
                 note = standby
-            elif until is not None and self._clock() >= until:
-                # The cycle outlasted the lease's safe time: another instance may hold it.
+            elif until is not None and self._clock() + self._update_budget >= until:
+                # The call could outlast the lease's safe time (the cycle took long):
+                # another instance may hold it by the time the change lands.
                 note = "standby: the lease's safe time ran out during the evaluation"
             else:
                 try:
@@ -384,6 +401,13 @@ class Scaler:
                         state.errors[f"backend_{error.kind}"] += 1
                     problems += (f"cannot set desired count to {decision.count}, "
                                  f"kind={error.kind}: {error}",)
+                except Exception as error:  # never the end of the other services' cycle
+                    log.error("service=%s setting the desired count raised", service.name,
+                              exc_info=True)
+                    with self.lock:
+                        state.errors["internal"] += 1
+                    problems += (f"cannot set desired count to {decision.count}: "
+                                 f"{type(error).__name__}: {error}",)
         if decision.reason == Reason.PAUSED and note is None:
             note = "paused"
         with self.lock:

@@ -164,7 +164,7 @@ def parse_pause(tag: str | None) -> tuple[Pause | None, str | None]:
         return None, None
     if text == "true":
         return Pause(), None
-    if text.isdigit() and int(text) <= MAX_PAUSE_COUNT:
+    if text.isascii() and text.isdigit() and int(text) <= MAX_PAUSE_COUNT:
         return Pause(int(text)), None
     return Pause(), (f"pause tag value {tag[:40]!r} is neither true, false nor a count from 0 "
                      f"to {MAX_PAUSE_COUNT}: held where it is")
@@ -251,12 +251,15 @@ def _decide(
 
     limited = False
     if wanted > current:
-        allowed = _up_limit(behavior.scale_up, current, history.changes, now)
+        # Never below the current count: a manual raise in the period can put the count
+        # at its start so low that its limit is under today's count (the HPA keeps it too).
+        allowed = max(current, _up_limit(behavior.scale_up, current, history.changes, now))
         if current == 0:
             allowed = max(allowed, 1)  # a percentage of zero is zero: out of zero at once
         new, limited = min(wanted, allowed), allowed < wanted
     elif wanted < current:
-        allowed = _down_limit(behavior.scale_down, current, history.changes, now)
+        # ... and a scale-down never above it, after a manual cut.
+        allowed = min(current, _down_limit(behavior.scale_down, current, history.changes, now))
         new, limited = max(wanted, allowed), allowed > wanted
     else:
         new = current
@@ -280,7 +283,8 @@ def _on_failure(current: int, limits: Limits, history: History, now: float) -> D
     # service found below it (a new ECS service at 0, a local backend starting) rises.
     floor = max(current, limits.min)
     if limits.fallback is not None and failures >= limits.failure_threshold:
-        return _made(min(max(floor, limits.fallback), limits.max), Reason.FALLBACK, None,
+        # Up to the fallback (never past max), never down: a count above max stays.
+        return _made(max(floor, min(limits.fallback, limits.max)), Reason.FALLBACK, None,
                      history, current, now)
     return _made(floor, Reason.NO_DATA, None, history, current, now)
 
@@ -365,5 +369,7 @@ def _reason(
     if raw > current:
         return Reason.AT_MAX if current >= limits.max else Reason.SCALE_UP_LIMITED
     if raw < current:
-        return Reason.AT_MIN if current <= limits.min else Reason.SCALE_DOWN_STABILIZED
+        if current <= limits.min:
+            return Reason.AT_MIN
+        return Reason.SCALE_DOWN_LIMITED if limited else Reason.SCALE_DOWN_STABILIZED
     return Reason.HOLD

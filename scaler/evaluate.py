@@ -99,9 +99,8 @@ def _unhealthy(service: ServiceConfig, results: Mapping[str, Result]) -> str | N
     """Why the service's data source is not known to be healthy, or None when it is.
 
     Healthy: the health query returned at least one series, and every one of them is a
-    number other than 0 (by default: every exporter scraped and read its broker). An
-    exporter that is down has no series at all (Prometheus marks its series stale), one
-    that cannot read its broker reports 0.
+    number other than 0 (by default: every exporter scraped and read its broker, and none
+    of those seen in the last 10 minutes is missing).
     """
     query = service.health_query
     if query is None or not _reads_zero(service):
@@ -111,9 +110,9 @@ def _unhealthy(service: ServiceConfig, results: Mapping[str, Result]) -> str | N
         return f"health_query could not be read ({result or 'not run'})"
     values = [sample.value for sample in result.samples]
     if not values:
-        return f"health_query returned no series ({query})"
+        return "health_query returned no series (an exporter is down, gone or failing?)"
     if any(math.isnan(v) or v == 0 for v in values):
-        return f"health_query is 0 ({query})"
+        return "health_query is 0 (an exporter cannot read its broker?)"
     return None
 
 

@@ -114,11 +114,14 @@ class LocalWorkers:
         with self._lock:
             if self._closed:
                 return
-            self._desired = count
+            before, self._desired = self._desired, count
             self._start_error = None
             self._reconcile()
             if self._start_error is not None:
-                self._desired = len([w for w in self._workers if w.stopping_at is None])
+                # Not set: what was asked before, or what runs if more (never lower: a
+                # worker waiting out its restart back-off is still wanted).
+                live = len([w for w in self._workers if w.stopping_at is None])
+                self._desired = max(before, live)
                 raise BackendError("other", self.service, self._start_error)
 
     def supervise(self) -> None:

@@ -73,8 +73,13 @@ def histories_from(
         counts = [(t, round(v)) for t, v in desired_by.get(service.name, ())]
         changes = tuple((t, count - before) for (_, before), (t, count)
                         in pairwise(counts) if count != before)
+        restored_points = [(t, round(v)) for t, v in points]
+        # What the rules said while the scaler was down is unknown: the last recommendation
+        # read back is taken to have held until now, so a restart after a gap longer than
+        # the window still holds it for one window (never less than no history at all).
+        restored_points.append((now, restored_points[-1][1]))
         histories[service.name] = History(
-            recommendations=tuple((t, round(v)) for t, v in points),
+            recommendations=tuple(restored_points),
             changes=changes,
             desired=counts[-1][1] if counts else None,
         )

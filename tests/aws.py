@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,10 +66,11 @@ SECRET_KEY = "e2e-fake-secret-Xq7pLm3vR9"
 MOTO_SERVICE = "celery-default"
 
 
-@pytest.fixture
-def moto_ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+@contextlib.contextmanager
+def moto_ecs_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
     """moto as a server (the scaler under test is another process), with the cluster and
-    the service MOTO_SERVICE at 1 worker; (endpoint URL, client)."""
+    the service MOTO_SERVICE at 1 worker; (endpoint URL, client). The fake credentials are
+    set in this process's environment, which the scalers it starts inherit."""
     for name, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -78,9 +80,17 @@ def moto_ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    url = f"http://127.0.0.1:{port}"
-    client = ecs_client(REGION, endpoint_url=url, max_attempts=1)
-    prepare(client)
-    create_service(client, MOTO_SERVICE, desired=1)
-    yield url, client
-    server.stop()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        client = ecs_client(REGION, endpoint_url=url, max_attempts=1)
+        prepare(client)
+        create_service(client, MOTO_SERVICE, desired=1)
+        yield url, client
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
+    with moto_ecs_server(monkeypatch) as found:
+        yield found

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench import config_bench
-from tests.aws import CLUSTER, MOTO_SERVICE, REGION, desired_count
-from tests.services import SCALER, MetricsTarget, free_port
+from tests.aws import CLUSTER, MOTO_SERVICE, REGION, desired_count, moto_ecs_server
+from tests.services import SCALER, MetricsTarget, PrometheusServer, free_port
 
 CONFIG = """\
 prometheus: {url: 'http://127.0.0.1:9'}
@@ -103,13 +103,26 @@ services:
 DEPTH = 'sum(taskqueue_queue_depth{queue="default"})'
 
 
-@pytest.fixture
-def once_world(tmp_path, moto_ecs, make_prometheus):
-    """A Prometheus with a depth of 45 and moto's ECS as a server: (write config, moto)."""
+@pytest.fixture(scope="module")
+def once_services(tmp_path_factory):
+    """One Prometheus with a depth of 45 and one moto ECS server for every --once test."""
     target = MetricsTarget('taskqueue_queue_depth{queue="default"} 45\n')
-    prometheus = make_prometheus(targets=[target.address])
-    prometheus.wait_for_value(DEPTH, lambda values: values == [45.0], timeout=15)
-    moto, ecs = moto_ecs
+    prometheus = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
+                                  targets=[target.address]).start()
+    try:
+        with pytest.MonkeyPatch.context() as patch, moto_ecs_server(patch) as (moto, ecs):
+            prometheus.wait_for_value(DEPTH, lambda values: values == [45.0], timeout=15)
+            yield prometheus, moto, ecs
+    finally:
+        prometheus.stop()
+        target.close()
+
+
+@pytest.fixture
+def once_world(tmp_path, once_services):
+    """(write a config, moto's client), the service back at 1 worker."""
+    prometheus, moto, ecs = once_services
+    ecs.update_service(cluster=CLUSTER, service=MOTO_SERVICE, desiredCount=1)
 
     def write(prometheus_url: str = prometheus.url, query: str = DEPTH,
               backend: str | None = None) -> str:
@@ -120,8 +133,7 @@ def once_world(tmp_path, moto_ecs, make_prometheus):
                                f"region: {REGION}, endpoint_url: '{moto}'}}"))
         return str(path)
 
-    yield write, ecs
-    target.close()
+    return write, ecs
 
 
 def once(config: str, *args: str, env: dict[str, str | None] | None = None):

@@ -405,7 +405,8 @@ def test_lease_errors_come_with_every_other_error():
 def test_health_query_and_restore_defaults_and_overrides():
     config = parse_config(VALID, {"PROM_TOKEN": "t"})
     assert {s.health_query for s in config.services} == {
-        "min(taskqueue_exporter_scrape_success)"}
+        "count(taskqueue_exporter_scrape_success == 1) >= "
+        "max_over_time(count(taskqueue_exporter_scrape_success)[10m:15s])"}
     assert config.restore == RestoreConfig(enabled=True, matchers="")
     text = VALID.replace("interval: 10s", "interval: 10s\nhealth_query: up{job=\"e\"} == 1\n"
                          "restore: {matchers: 'job=\"taskqueue-scaler\", env=~\"prod.*\"'}")

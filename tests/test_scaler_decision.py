@@ -147,7 +147,7 @@ def test_scale_up_policy_counts_what_was_added_in_its_period():
          Reason.SCALE_DOWN_LIMITED),
         ((Policy("percent", 50, 60), Policy("workers", 2, 60)), "min", 10, 1, 8,
          Reason.SCALE_DOWN_LIMITED),
-        ((Policy("workers", 2, 60),), "disabled", 10, 1, 10, Reason.SCALE_DOWN_STABILIZED),
+        ((Policy("workers", 2, 60),), "disabled", 10, 1, 10, Reason.SCALE_DOWN_LIMITED),
     ],
 )
 def test_scale_down_policies(policies, select, desired, recommendation, count, reason):
@@ -354,3 +354,36 @@ def test_a_paused_service_is_held_where_it_is_or_at_its_count_whatever_the_rules
     assert (failed.count, failed.reason) == (3, Reason.PAUSED)
     # The rules' recommendations keep the windows warm for the resume.
     assert held.history.recommendations == ((0.0, 9),)
+
+
+def test_a_manual_raise_is_never_cut_by_an_up_policy_when_the_rules_want_more():
+    # Someone raised 2 -> 10 within the period; the rules want 30; +100 % / +4 per 15 s
+    # from the period's start (2) would allow only 6: the count stays, it never drops.
+    decision = decide(Inputs((30,)), Counts(10, 10, 0), Limits(1, 50), DEFAULT,
+                      History(desired=2), 100.0)
+    assert (decision.count, decision.reason) == (10, Reason.SCALE_UP_LIMITED)
+
+
+def test_a_manual_cut_is_never_raised_by_a_down_policy_when_the_rules_want_less():
+    behavior = Behavior(default_scale_up(), Direction(0, (Policy("workers", 1, 60),)), 0.0)
+    # Someone cut 10 -> 2 at t=5: the period started at 10, whose -1 limit is 9.
+    decision = decide(Inputs((1,)), Counts(2, 2, 0), Limits(1, 50), behavior,
+                      History(desired=2, changes=((5.0, -8),)), 15.0)
+    assert (decision.count, decision.reason) == (2, Reason.SCALE_DOWN_LIMITED)
+
+
+def test_a_fallback_never_lowers_a_count_above_max():
+    limits = Limits(min=1, max=10, fallback=4, failure_threshold=1)
+    decision = decide(Inputs((), failed=True), Counts(20, 20, 0), limits, DEFAULT, History(),
+                      0.0)
+    assert (decision.count, decision.reason) == (20, Reason.FALLBACK)
+    # Below the fallback it still rises, to at most max.
+    decision = decide(Inputs((), failed=True), Counts(2, 2, 0), Limits(1, 3, 6, 1), DEFAULT,
+                      History(), 0.0)
+    assert (decision.count, decision.reason) == (3, Reason.FALLBACK)
+
+
+@pytest.mark.parametrize("tag", ["²", "①", "٣"])
+def test_a_pause_tag_of_other_digits_pauses_where_it_is(tag):
+    assert parse_pause(tag) == (Pause(), f"pause tag value {tag!r} is neither true, false nor "
+                                         "a count from 0 to 5000: held where it is")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from scaler.config import DEFAULT_HEALTH_QUERY as HEALTH
 from scaler.config import parse_config
 from scaler.decision import Counts, Inputs
 from scaler.evaluate import RuleOutcome, SampleSet, evaluate, explain_missing, queries_of
@@ -114,7 +115,6 @@ services:
       - {name: age, type: threshold, query: age, above: 60, match_labels: {queue: c},
          on_empty: zero}
 """
-HEALTH = "min(taskqueue_exporter_scrape_success)"
 BY_QUEUE = {q: SampleSet(samples) for q, samples in {
     "sum by (queue) (backlog)": [Sample({"queue": "a"}, 45.0), Sample({"queue": "b"}, 5.0),
                                  Sample({"queue": 'we"ird'}, 101.0)],
@@ -287,10 +287,10 @@ def test_on_empty_zero_reads_zero_only_while_the_source_is_healthy():
 @pytest.mark.parametrize(("health", "why"), [
     # An exporter that cannot read its broker says so.
     ([Sample({"instance": "e:1"}, 1.0), Sample({"instance": "e:2"}, 0.0)],
-     f"health_query is 0 ({HEALTH})"),
+     "health_query is 0 (an exporter cannot read its broker?)"),
     # An exporter that is down has no series at all (stale in Prometheus).
-    ([], f"health_query returned no series ({HEALTH})"),
-    ([Sample({}, math.nan)], f"health_query is 0 ({HEALTH})"),
+    ([], "health_query returned no series (an exporter is down, gone or failing?)"),
+    ([Sample({}, math.nan)], "health_query is 0 (an exporter cannot read its broker?)"),
     (QueryError("timeout", "prometheus did not answer within 5s", query=HEALTH),
      "health_query could not be read (prometheus did not answer within 5s)"),
 ])
