@@ -326,7 +326,9 @@ class FakeLease:
 @pytest.mark.parametrize(("held", "until", "note"), [
     (False, None, "standby: lease held by other"),
     (True, 999.0, "standby: the lease's safe time ran out during the evaluation"),
-    (True, 2000.0, None),
+    # 5 s of safe time left, but one UpdateService may take 6 (the update budget).
+    (True, 1005.0, "standby: the lease's safe time ran out during the evaluation"),
+    (True, 1007.0, None),
 ])
 def test_only_the_lease_holder_changes_services_while_its_lease_is_safe(services, held, until,
                                                                        note):
@@ -334,7 +336,7 @@ def test_only_the_lease_holder_changes_services_while_its_lease_is_safe(services
     lease = FakeLease(held, until)
     scaler = Scaler(config, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [10.0]}),
                     Fleet(config.services, lambda region, endpoint: services), clock=Clock(),
-                    timer=Clock(), lease=lease)  # type: ignore[arg-type]
+                    timer=Clock(), lease=lease, update_budget=6.0)  # type: ignore[arg-type]
     try:
         outcomes = scaler.run_once()
     finally:
@@ -431,3 +433,30 @@ def test_credentials_that_cannot_be_loaded_are_an_error_of_the_services_not_the_
         "the scaler's ECS task a task role, or set AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",)
     assert [(o.after, o.reason) for o in second] == [(5, "ScaleUp"), (1, "Hold")]
+
+
+def test_an_exception_while_setting_one_service_is_that_services_error(services, monkeypatch):
+    config = parse_config(CONFIG, {})
+    fleet = Fleet(config.services, lambda region, endpoint: services)
+    real = fleet.set_desired
+
+    def set_desired(name: str, count: int) -> None:
+        if name == "w-a":
+            raise ValueError("illegal environment variable name")
+        real(name, count)
+
+    monkeypatch.setattr(fleet, "set_desired", set_desired)
+    scaler = Scaler(config, Queries({'backlog{q="a"}': [45.0], 'backlog{q="b"}': [45.0]}),
+                    fleet, clock=Clock(), timer=Clock())
+    try:
+        outcomes = scaler.run_once()
+    finally:
+        scaler.close()
+    assert [(o.service, o.after, o.applied, o.problems) for o in outcomes] == [
+        ("w-a", 5, False, ("cannot set desired count to 5: ValueError: illegal environment "
+                           "variable name",)),
+        ("w-b", 5, True, ())]
+    assert (desired_count(services, "celery-a"), desired_count(services, "celery-b")) == (1, 5)
+    assert scaler.states["w-a"].history.changes == ()
+    assert value(collect(ScalerCollector(scaler)), "taskqueue_scaler_errors_total",
+                 service="w-a", kind="internal") == 1

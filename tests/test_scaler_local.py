@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -257,5 +258,20 @@ def test_a_command_that_keeps_dying_at_once_is_restarted_with_backoff():
         clock.now = 3.0
         workers.supervise()
         assert len(workers.pids()) == 1
+    finally:
+        workers.close()
+
+
+def test_a_failed_scale_up_keeps_the_count_asked_before(tmp_path):
+    # Worker 1 runs; the command then disappears, so a scale-up cannot start worker 2.
+    script = tmp_path / "worker"
+    script.symlink_to(shutil.which("sleep") or "/bin/sleep")  # exec'd whole: no later read
+    workers = LocalWorkers("svc", LocalBackend(command=(str(script), "600")))
+    try:
+        workers.set_desired(1)
+        script.unlink()
+        with pytest.raises(BackendError):
+            workers.set_desired(3)
+        assert workers.counts() == ServiceCounts(1, 1, 0)
     finally:
         workers.close()

@@ -225,7 +225,7 @@ def test_a_broker_outage_holds_a_rule_that_reads_empty_as_zero(
         until_desired(ecs, 5)
         own_redis.stop()
         prometheus.wait_for_value("taskqueue_exporter_scrape_success", lambda v: v == [0.0],
-                                  timeout=15)
+                                  timeout=20)
         seen = len(decisions(scaler))
         wait_for(lambda: sum(d["reason"] == "NoData" for d in decisions(scaler)[seen:]) >= 5,
                  timeout=20, what="five evaluations during the outage")
@@ -272,7 +272,7 @@ def test_an_operators_pause_tag_and_manual_count_are_respected(
     ecs.tag_resource(resourceArn=arn, tags=[{"key": PAUSE_TAG, "value": "4"}])
     until_desired(ecs, 4, timeout=10)
     ecs.untag_resource(resourceArn=arn, tagKeys=[PAUSE_TAG])
-    until_desired(ecs, 2, timeout=15)
+    until_desired(ecs, 2, timeout=20)
     assert f"service={NAME} resumed" in scaler.text()
     assert value(scaler.metrics(), "taskqueue_scaler_paused", service=NAME) == 0
 
@@ -314,3 +314,30 @@ def test_of_two_instances_with_a_lease_one_acts_and_the_other_takes_over(
     # The ttl (3 s) plus one interval (1 s), and the time to see it.
     assert took <= 5.5, took
     assert "lease held by this instance" in second.text()
+
+
+def test_the_default_health_query_notices_one_of_two_exporters_gone_or_failing(
+    make_prometheus: Callable[..., PrometheusServer],
+) -> None:
+    from scaler.config import DEFAULT_HEALTH_QUERY
+
+    healthy = "taskqueue_exporter_scrape_success 1\n"
+    images, emails = MetricsTarget(healthy), MetricsTarget(healthy)
+    try:
+        prometheus = make_prometheus(jobs={"taskqueue-exporter": [images.address,
+                                                                  emails.address]})
+        prometheus.wait_for_value(DEFAULT_HEALTH_QUERY, lambda v: v == [2.0], timeout=20)
+        # One exporter cannot read its broker: not healthy.
+        emails.text = "taskqueue_exporter_scrape_success 0\n"
+        prometheus.wait_for_value(DEFAULT_HEALTH_QUERY, lambda v: v == [], timeout=20)
+        emails.text = healthy
+        prometheus.wait_for_value(DEFAULT_HEALTH_QUERY, lambda v: v == [2.0], timeout=20)
+        # One exporter gone (its series stale at once): `min` over the one left would still
+        # say 1; the default compares with the exporters seen in the last 10 minutes.
+        emails.close()
+        prometheus.wait_for_value("count(taskqueue_exporter_scrape_success)",
+                                  lambda v: v == [1.0], timeout=20)
+        assert prometheus.query(DEFAULT_HEALTH_QUERY) == []
+        assert prometheus.query("min(taskqueue_exporter_scrape_success)") == [1.0]
+    finally:
+        images.close()
