@@ -48,7 +48,7 @@ DEFAULT_PORT = 9809
 # exporters reporting success now are compared with the most seen in the last 10 minutes.
 DEFAULT_HEALTH_QUERY = (
     f"count({metric_names.SCRAPE_SUCCESS.name} == 1) >= "
-    f"max_over_time(count({metric_names.SCRAPE_SUCCESS.name})[10m:15s])")
+    f"max_over_time(count({metric_names.SCRAPE_SUCCESS.name})[10m:])")
 # ECS runs at most 5,000 tasks per service (a quota that cannot be raised).
 ECS_MAX_TASKS = 5000
 LOCAL_MAX_PROCESSES = 1000

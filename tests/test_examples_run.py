@@ -177,7 +177,7 @@ app = Celery("app")  # the broker from CELERY_BROKER_URL, which the example sets
 @app.task(name="app.slow")
 def slow() -> None:
     import time
-    time.sleep(0.5)
+    time.sleep(0.2)
 """
 
 
@@ -205,9 +205,9 @@ def test_the_local_example_runs_celery_workers_that_drain_a_backlog(
                                    service=f"local-{q}", state="running") == 1
                              for q in ("default", "emails")),
                  timeout=60, what="one running worker per service")
-        for _ in range(300):
+        for _ in range(200):
             producer.send_task("app.slow", queue="default")
-        # 300 waiting tasks at 40 per worker: more workers; they drain the queue.
+        # 200 waiting tasks at 40 per worker: more workers; they drain the queue.
         wait_for(lambda: (value(scaler.metrics(), "taskqueue_scaler_current_replicas",
                                 service="local-default", state="running") or 0) >= 3,
                  timeout=60, what="the backlog to bring up more workers")

@@ -56,8 +56,14 @@ def test_failed_jobs_from_a_real_worker(redis_server, redis_client, tmp_path: Pa
     queue.enqueue(rq_jobs.fail)
     queue.enqueue(rq_jobs.ok)
     worker = rq_worker(redis_server.url, "flaky", tmp_path / "rq.log", burst=True)
-    assert worker.process.wait(timeout=60) == 0
-    worker.stop()
+    try:
+        # Done when the three jobs are in their registries; not when the process exits:
+        # RQ's pub/sub thread can hold the exit for up to a minute (a race in its stop).
+        wait_for(lambda: redis_client.zcard("rq:failed:flaky") == 2
+                 and redis_client.zcard("rq:finished:flaky") == 1, timeout=60,
+                 what="the worker to run the three jobs")
+    finally:
+        worker.kill()
 
     samples = collect(exporter(redis_server.url))
 
@@ -86,7 +92,7 @@ def test_started_jobs_while_a_real_worker_runs_them(redis_server, redis_client, 
         )
     finally:
         redis_client.set("release", 1)
-        worker.stop()
+        worker.kill()  # its jobs are done; RQ's exit can hang on its pub/sub thread
     assert rq_value(collect(collector), m.TASKS_FAILED, "slow") == 0
 
 

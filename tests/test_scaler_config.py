@@ -406,7 +406,7 @@ def test_health_query_and_restore_defaults_and_overrides():
     config = parse_config(VALID, {"PROM_TOKEN": "t"})
     assert {s.health_query for s in config.services} == {
         "count(taskqueue_exporter_scrape_success == 1) >= "
-        "max_over_time(count(taskqueue_exporter_scrape_success)[10m:15s])"}
+        "max_over_time(count(taskqueue_exporter_scrape_success)[10m:])"}
     assert config.restore == RestoreConfig(enabled=True, matchers="")
     text = VALID.replace("interval: 10s", "interval: 10s\nhealth_query: up{job=\"e\"} == 1\n"
                          "restore: {matchers: 'job=\"taskqueue-scaler\", env=~\"prod.*\"'}")
