@@ -35,14 +35,17 @@ if [ -z "$url" ]; then
   fi
 fi
 
-args=(--broker-url "$url")
+# The URL reaches the exporter in its environment, not on its command line, which
+# every user of the machine can read (ps): it may hold a password.
+export TASKQUEUE_EXPORTER_BROKER_URL=$url
+args=()
 # Only when set: otherwise TASKQUEUE_EXPORTER_PORT, or the exporter's default.
 [ -n "${PORT:-}" ] && args+=(--port "$PORT")
 echo "try:     .venv/bin/python scripts/publish-sample-tasks.py $shown_url" >&2
 echo "Ctrl-C stops the exporter" >&2
 # Not exec: the trap must outlive the exporter to stop the Redis it started.
 # shellcheck disable=SC2086  # EXPORTER_ARGS is a list of flags
-.venv/bin/taskqueue-exporter "${args[@]}" ${EXPORTER_ARGS:-} &
+.venv/bin/taskqueue-exporter ${args[@]+"${args[@]}"} ${EXPORTER_ARGS:-} &
 exporter_pid=$!
 trap 'kill -TERM $exporter_pid 2>/dev/null' INT TERM
 wait "$exporter_pid" || true

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -13,7 +14,7 @@ import pytest
 
 from exporter import metric_names as m
 from tests.scrape import parse_text, value
-from tests.services import RedisServer, free_port, get, wait_for
+from tests.services import RedisServer, free_port, get, live_members, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 URL = re.compile(r"http://\S+/metrics")
@@ -107,3 +108,26 @@ def test_every_url_the_script_prints_answers(env: dict[str, str], expected: str,
             assert answers(url), (url, output)
     finally:
         run.stop()
+
+
+def test_the_broker_password_is_not_on_any_command_line(tmp_path: Path) -> None:
+    # Any user of the machine reads command lines (ps, /proc/<pid>/cmdline).
+    password = "Top-Secret-9"
+    server = RedisServer(tmp_path, password=password).start()
+    port = free_port()
+    run = Run([str(REPO / "scripts/run-exporter.sh")], tmp_path / "run.log",
+              BROKER_URL=server.url, PORT=str(port))
+    try:
+        run.started()
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/metrics"),
+                 what="the exporter to read the broker")
+        command_lines = {}
+        for pid in live_members(run.process.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                command_lines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        run.stop()
+        server.stop()
+    assert any(b"taskqueue-exporter" in line for line in command_lines.values()), command_lines
+    assert not [line for line in command_lines.values() if password.encode() in line]
+    assert password not in run.output()
