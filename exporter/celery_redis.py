@@ -162,7 +162,12 @@ class CeleryRedisReader:
         alive: list[str] = []
         sep = self._layout.sep
         for key, members in zip(keys, results, strict=True):
-            members = self._problems.as_value(members, key)
+            if isinstance(members, Exception):
+                # A key of another type: it holds no binding, but it is there, and
+                # dropping it would make every scrape SCAN the keyspace to find it again.
+                self._problems.as_value(members, key)
+                alive.append(key)
+                continue
             if not members:
                 continue
             alive.append(key)

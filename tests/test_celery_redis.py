@@ -617,3 +617,22 @@ def test_a_flood_of_broken_messages_is_counted_and_logged_once_per_reason(
         f"celery queue 'celery': skipped a message for age: {reason} (more such messages are "
         "counted in taskqueue_exporter_unparseable_messages_total, not logged)"
         for reason in ("neither task headers nor a task protocol 1 body", "not JSON")], warnings
+
+
+def test_a_binding_key_of_the_wrong_type_is_kept_and_logged_once(
+        make_app, redis_server, redis_client, caplog: pytest.LogCaptureFixture):
+    add(make_app()).apply_async((1, 2))
+    redis_client.set("_kombu.binding.broken", "a string where a set should be")
+    collector = exporter(redis_server.url, "--discovery-interval", "3600")
+    redis_client.config_resetstat()
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            samples = collect(collector)
+            assert value(samples, m.SCRAPE_SUCCESS.name) == 1
+            assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 1
+    # One discovery SCAN in the hour, not one per scrape.
+    assert redis_client.info("commandstats")["cmdstat_scan"]["calls"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot read '_kombu.binding.broken': WRONGTYPE Operation against a key holding the "
+        "wrong kind of value"]
