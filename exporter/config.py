@@ -85,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help=f"port to serve /metrics on (default {DEFAULT_PORT})")
     p.add_argument(
         "--broker-transport-option", action="append", metavar="KEY=VALUE",
-        help="the Celery app's broker_transport_options that place keys: priority_steps "
-        "(e.g. 0,3,6,9), sep (escapes allowed, e.g. \\x06\\x16), global_keyprefix, unacked_key",
+        help="the Celery app's broker_transport_options that place keys and channels: "
+        "priority_steps (e.g. 0,3,6,9), sep (escapes allowed, e.g. \\x06\\x16), "
+        "global_keyprefix, unacked_key, fanout_prefix (true, false or the prefix), "
+        "fanout_patterns (true or false)",
     )
     p.add_argument(
         "--exclude-queue", action="append", metavar="GLOB",

@@ -403,15 +403,19 @@ def test_events_over_tls_with_the_password_as_a_query_parameter(tmp_path: Path) 
     "options",
     [{"sep": ":"},
      {"global_keyprefix": "app1:", "sep": "|", "priority_steps": list(range(10)),
-      "unacked_key": "held"}],
-    ids=["sep", "global_keyprefix-sep-priority_steps-unacked_key"],
+      "unacked_key": "held"},
+     # Where events and broadcasts go (pub/sub channel names): with kombu's default
+     # the exporter would hear no event and no worker would hear its questions.
+     {"fanout_prefix": "/myapp.", "fanout_patterns": False}],
+    ids=["sep", "global_keyprefix-sep-priority_steps-unacked_key", "fanout"],
 )
 def test_every_connection_honours_the_apps_transport_options(
     options: dict[str, Any], tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path).start()
     flags = [f"--broker-transport-option={key}="
-             + (",".join(map(str, value)) if isinstance(value, list) else value)
+             + (",".join(map(str, value)) if isinstance(value, list)
+                else str(value).lower() if isinstance(value, bool) else value)
              for key, value in options.items()]
     exporter = Exporter(tmp_path, "--broker-url", server.url, "--discovery-interval", "0",
                         *flags)
@@ -434,7 +438,8 @@ def test_every_connection_honours_the_apps_transport_options(
         assert bindings
         for key in bindings:
             for member in client.smembers(key):
-                assert len(member.decode().split(options["sep"])) == 3, (key, member)
+                assert len(member.decode().split(options.get("sep", "\x06\x16"))) == 3, (
+                    key, member)
     finally:
         client.close()
         app.close()
