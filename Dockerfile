@@ -1,6 +1,8 @@
 # One image for the exporter, the scaler and the demo's Celery app.
 #
 #   docker run IMAGE --broker-url redis://redis:6379/0            # the exporter (default)
+#   docker run -e TASKQUEUE_EXPORTER_BROKER_URL IMAGE              # a URL with a password:
+#                                                                  # from your environment, not ps
 #   docker run --entrypoint taskqueue-scaler IMAGE run --config /etc/taskqueue/scaler.yml
 #   docker run --entrypoint celery IMAGE -A demo.app worker -Q images     # a demo worker
 #   docker run --entrypoint python IMAGE -m demo.load                      # the demo's load

@@ -26,6 +26,13 @@ BACKOFF_MAX = 30.0
 # A connection that lived this long was good: the next failure starts the
 # back-off from the beginning.
 HEALTHY_AFTER = 60.0
+# kombu's ack emulation makes every Redis channel that consumes a queue (the
+# remote control's reply queue) sweep the unacked index now and then, moving
+# entries older than its own visibility_timeout (3600 s unless set) back to
+# their queues: the app's, whose workers still hold them (ETA tasks, long
+# acks_late tasks in an app with a longer timeout), so they would run twice.
+# The exporter consumes without acks (events, replies): it needs none of it.
+READ_ONLY_OPTIONS = {"ack_emulation": False}
 
 
 def celery_app(broker_url: str, transport_options: Mapping[str, Any], timeout: float) -> Any:
@@ -33,7 +40,8 @@ def celery_app(broker_url: str, transport_options: Mapping[str, Any], timeout: f
 
     A Redis URL reaches kombu as redis-py reads it (kombu_redis_settings), so
     both URL forms (`redis://:pw@host` and `redis://host?password=pw`) connect.
-    `transport_options` win over the URL's own socket options.
+    `transport_options` win over the URL's own socket options. Its Redis
+    connections never emulate acks (READ_ONLY_OPTIONS), whatever is asked.
     """
     from celery import Celery
 
@@ -48,7 +56,7 @@ def celery_app(broker_url: str, transport_options: Mapping[str, Any], timeout: f
         app.conf.broker_password = settings.password
         if settings.ssl is not None:
             app.conf.broker_use_ssl = dict(settings.ssl)
-        options = {**settings.transport_options, **options}
+        options = {**settings.transport_options, **options, **READ_ONLY_OPTIONS}
     else:
         app = Celery("taskqueue-exporter", broker=broker_url, set_as_current=False)
     app.conf.broker_transport_options = options

@@ -5,7 +5,10 @@ Mirrors kombu.transport.redis: a queue is a list named after it, priority N
 sets `_kombu.binding.<exchange>` whose members are
 `<routing_key><sep><pattern><sep><queue>`, and delivered-unacked messages in the
 hash `unacked`. `global_keyprefix` prefixes every key but not the names
-inside binding members.
+inside binding members. Fanout exchanges (Celery's events and remote-control
+broadcasts) are pub/sub channels named by `fanout_prefix` and
+`fanout_patterns`: the exporter's receiver and remote control must use the
+app's, or they hear nothing and are not heard.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class CeleryRedisLayout:
     sep: str = DEFAULT_SEP
     global_keyprefix: str = ""
     unacked_key: str = "unacked"
+    # kombu's: True is its default prefix ("/{db}."), a string another, False none.
+    fanout_prefix: bool | str = True
+    fanout_patterns: bool = True
 
     def sublist_keys(self, queue: str) -> tuple[str, ...]:
         """Every list that holds the queue's messages, as kombu's `_size` counts them."""
@@ -68,6 +74,8 @@ class CeleryRedisLayout:
             "sep": self.sep,
             "global_keyprefix": self.global_keyprefix,
             "unacked_key": self.unacked_key,
+            "fanout_prefix": self.fanout_prefix,
+            "fanout_patterns": self.fanout_patterns,
         }
 
 
@@ -146,7 +154,10 @@ class Routing:
         return self._matched[key]
 
 
-TRANSPORT_OPTIONS = ("priority_steps", "sep", "global_keyprefix", "unacked_key")
+TRANSPORT_OPTIONS = ("priority_steps", "sep", "global_keyprefix", "unacked_key", "fanout_prefix",
+                     "fanout_patterns")
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 class OptionError(ValueError):
@@ -173,6 +184,13 @@ def _parse_steps(value: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
+def _parse_bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise OptionError(f"{key}: must be true or false (got {value!r})")
+
+
 def layout_from_options(options: Mapping[str, str]) -> CeleryRedisLayout:
     """Build the layout from `key=value` transport options, as Celery users write them."""
     unknown = sorted(set(options) - set(TRANSPORT_OPTIONS))
@@ -197,4 +215,12 @@ def layout_from_options(options: Mapping[str, str]) -> CeleryRedisLayout:
         if not options["unacked_key"]:
             raise OptionError("unacked_key: must not be empty")
         kwargs["unacked_key"] = options["unacked_key"]
+    if "fanout_prefix" in options:
+        # As in the app's config: true, false, or the prefix itself ("/myapp.").
+        prefix = options["fanout_prefix"]
+        lowered = prefix.strip().lower()
+        kwargs["fanout_prefix"] = (lowered in _TRUE if lowered in _TRUE + _FALSE or not prefix
+                                   else prefix)
+    if "fanout_patterns" in options:
+        kwargs["fanout_patterns"] = _parse_bool("fanout_patterns", options["fanout_patterns"])
     return CeleryRedisLayout(**kwargs)  # type: ignore[arg-type]

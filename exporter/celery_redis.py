@@ -30,6 +30,7 @@ from exporter.messages import (
 )
 from exporter.pipeline import KeyProblems, PackedBatch, run_pipeline
 from exporter.snapshot import BrokerSnapshot, QueueSnapshot, Unparseable
+from exporter.unparseable import Said
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _Unacked:
     eta: float | None
     problem: str | None
     fingerprint: bytes
+    eta_unreadable: str | None = None
 
 
 class CeleryRedisReader:
@@ -103,6 +105,7 @@ class CeleryRedisReader:
         self._bindings_batch: PackedBatch | None = None
         self._bindings_batch_keys: tuple[str, ...] = ()
         self._problems = KeyProblems()
+        self._said = Said()
 
     def read(self, now: float) -> BrokerSnapshot:
         try:
@@ -159,7 +162,12 @@ class CeleryRedisReader:
         alive: list[str] = []
         sep = self._layout.sep
         for key, members in zip(keys, results, strict=True):
-            members = self._problems.as_value(members, key)
+            if isinstance(members, Exception):
+                # A key of another type: it holds no binding, but it is there, and
+                # dropping it would make every scrape SCAN the keyspace to find it again.
+                self._problems.as_value(members, key)
+                alive.append(key)
+                continue
             if not members:
                 continue
             alive.append(key)
@@ -242,10 +250,19 @@ class CeleryRedisReader:
         self, queue: str, raw: bytes, now: float, unparseable: list[Unparseable]
     ) -> CeleryMessage | None:
         try:
-            return parse_celery_message(raw, now, self._max_bytes)
+            message = parse_celery_message(raw, now, self._max_bytes)
         except MessageError as error:
             unparseable.append(Unparseable("celery", queue, fingerprint(raw), str(error)))
             return None
+        if message.eta_unreadable is not None:
+            self._eta_unreadable(queue, message.eta_unreadable)
+        return message
+
+    def _eta_unreadable(self, queue: str, reason: str) -> None:
+        # Every message of a queue may be like this: said once per queue and reason.
+        if self._said.first((queue, reason)):
+            log.warning("celery queue %r: %s hides its ETA: such tasks are taken as due "
+                        "(this is not logged again for this queue)", queue, reason)
 
     def _walk(
         self, walks: list[_Sublist], now: float, unparseable: list[Unparseable]
@@ -331,6 +348,8 @@ class CeleryRedisReader:
                 unparseable.append(Unparseable("celery", queue, entry.fingerprint, entry.problem))
             if queue not in queues:
                 continue
+            if entry.eta_unreadable is not None:
+                self._eta_unreadable(queue, entry.eta_unreadable)
             unacked[queue] = unacked.get(queue, 0) + 1
             if entry.eta is not None and entry.eta > now:
                 scheduled[queue] = scheduled.get(queue, 0) + 1
@@ -345,4 +364,5 @@ class CeleryRedisReader:
             except MessageError:
                 routing = None
             return _Unacked(routing, None, str(error), fingerprint(raw))
-        return _Unacked((entry.exchange, entry.routing_key), entry.eta, None, b"")
+        return _Unacked((entry.exchange, entry.routing_key), entry.eta, None, b"",
+                        entry.eta_unreadable)

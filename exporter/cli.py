@@ -102,6 +102,11 @@ class EventParts:
         self.inspector.stop()
 
 
+def _always(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log at info level whatever the logger's level (handlers and filters still apply)."""
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, args, None))
+
+
 def _fail(message: str, secrets: tuple[str, ...] = ()) -> int:
     for secret in secrets:
         message = message.replace(secret, "***")
@@ -164,9 +169,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    # The one place that says where to look: `make run` prints nothing of its own.
-    log.info(
-        "exporting %s%s at %s (listening on %s)", shown_url,
+    # The one place that says where to look (`make run` prints nothing of its own),
+    # so said at any --log-level.
+    _always(
+        log, "exporting %s%s at %s (listening on %s)", shown_url,
         " with Celery events" if events is not None else "",
         server.metrics_url(config.listen_address, httpd.server_port),
         f"[{config.listen_address}]:{httpd.server_port}" if ":" in config.listen_address

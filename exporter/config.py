@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from exporter.celery_layout import CeleryRedisLayout, OptionError, layout_from_options
 from exporter.event_tracker import DEFAULT_BUCKETS, DEFAULT_MAX_TRACKED_TASKS
 from exporter.messages import DEFAULT_MAX_MESSAGE_BYTES
+from exporter.redaction import userinfo_spills
 
 ENV_PREFIX = "TASKQUEUE_EXPORTER_"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -84,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help=f"port to serve /metrics on (default {DEFAULT_PORT})")
     p.add_argument(
         "--broker-transport-option", action="append", metavar="KEY=VALUE",
-        help="the Celery app's broker_transport_options that place keys: priority_steps "
-        "(e.g. 0,3,6,9), sep (escapes allowed, e.g. \\x06\\x16), global_keyprefix, unacked_key",
+        help="the Celery app's broker_transport_options that place keys and channels: "
+        "priority_steps (e.g. 0,3,6,9), sep (escapes allowed, e.g. \\x06\\x16), "
+        "global_keyprefix, unacked_key, fanout_prefix (true, false or the prefix), "
+        "fanout_patterns (true or false)",
     )
     p.add_argument(
         "--exclude-queue", action="append", metavar="GLOB",
@@ -227,12 +230,19 @@ def _transport_options(pairs: Sequence[str]) -> CeleryRedisLayout:
         raise ConfigError(f"--broker-transport-option {error}") from None
 
 
+# Said of every URL that does not parse: the usual cause, and never the URL's
+# own text (urlsplit's errors quote the "port", which may be half a password).
+_ENCODE_HINT = "a password with / ? # or @ must be percent-encoded: %2F %3F %23 %40"
+
+
 def _check_url(url: str | None, flag: str, schemes: tuple[str, ...]) -> str:
     try:
         parts = urlsplit(url or "")
         parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as error:
-        raise ConfigError(f"{flag}: not a valid URL ({error})") from None
+    except ValueError:
+        raise ConfigError(f"{flag}: not a valid URL ({_ENCODE_HINT})") from None
+    if userinfo_spills(url or ""):
+        raise ConfigError(f"{flag}: an '@' after the host: not a valid URL ({_ENCODE_HINT})")
     if parts.scheme not in schemes:
         raise ConfigError(
             f"{flag}: scheme must be one of {', '.join(schemes)} "

@@ -41,6 +41,9 @@ class CeleryMessage:
     task_id: str | None
     published_at: float | None
     eta: float | None
+    # Why the ETA could not be read (a task protocol 1 body in pickle, say):
+    # such a message is taken as due, as it was before bodies were read.
+    eta_unreadable: str | None = None
 
     def is_due(self, now: float) -> bool:
         return self.eta is None or self.eta <= now
@@ -51,6 +54,7 @@ class UnackedEntry:
     exchange: str
     routing_key: str
     eta: float | None
+    eta_unreadable: str | None = None
 
 
 def fingerprint(raw: bytes) -> bytes:
@@ -114,46 +118,63 @@ def _headers(envelope: Any) -> dict[str, Any]:
     return headers
 
 
-def _task_fields(envelope: dict[str, Any], headers: dict[str, Any]) -> dict[str, Any]:
-    """Where the task's id, eta and expires are: the headers, or a protocol 1 body.
+def _task_fields(
+    envelope: dict[str, Any], headers: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """Where the task's id and eta are: the headers, or a protocol 1 body.
 
     Celery's task protocol 2 puts them in the headers, with `task`; protocol 1
     (`task_protocol = 1`) leaves the headers empty (but for the producer hook's
-    stamp) and puts `task`, `id`, `eta`, `expires`... in the body. Celery's
-    worker tells them apart the same way: by `task` in the headers.
+    stamp) and puts `task`, `id`, `eta`... in the body. Celery's worker tells
+    them apart the same way: by `task` in the headers. A protocol 1 body that
+    cannot be read (pickle, msgpack, YAML, compressed) gives no fields, and the
+    reason why as the second value: the task is then known by its headers and
+    properties alone (publish stamp, correlation id), with no ETA.
     """
     if "task" in headers:
-        return headers
-    body = _protocol1_body(envelope, headers)
-    if not isinstance(body, dict) or not isinstance(body.get("task"), str):
-        raise MessageError("neither task headers nor a task protocol 1 body")
-    return body
-
-
-def _protocol1_body(envelope: dict[str, Any], headers: dict[str, Any]) -> Any:
+        return headers, None
     body = envelope.get("body")
     if not isinstance(body, str):
         raise MessageError("neither task headers nor a task protocol 1 body")
+    try:
+        fields = _protocol1_body(envelope, body, headers)
+    except _Unreadable as unreadable:
+        return {}, str(unreadable)
+    if not isinstance(fields, dict) or not isinstance(fields.get("task"), str):
+        raise MessageError("neither task headers nor a task protocol 1 body")
+    return fields, None
+
+
+class _Unreadable(Exception):
+    """A protocol 1 body the exporter cannot decode; str() says why."""
+
+
+# A content type is the sender's text: kept short in what is logged.
+_MAX_SHOWN_TYPE = 60
+
+
+def _protocol1_body(envelope: dict[str, Any], body: str, headers: dict[str, Any]) -> Any:
     content_type = envelope.get("content-type")
     if content_type != "application/json" or "compression" in headers:
-        # The ETA is inside: whether the task is due cannot be told.
+        shown = repr(content_type)[:_MAX_SHOWN_TYPE]
         compressed = headers.get("compression")
-        raise MessageError(f"task protocol 1 body in {content_type!r}"
-                           + (f" compressed with {compressed!r}" if compressed else ""))
+        raise _Unreadable(f"task protocol 1 body in {shown}"
+                          + (f" compressed with {repr(compressed)[:_MAX_SHOWN_TYPE]}"
+                             if compressed else ""))
     properties = envelope.get("properties")
     encoding = properties.get("body_encoding") if isinstance(properties, dict) else None
     if encoding not in ("base64", None):
-        raise MessageError("task protocol 1 body not readable")
+        raise _Unreadable("task protocol 1 body not readable")
     try:
         raw = base64.b64decode(body, validate=True) if encoding == "base64" else body
         return orjson.loads(raw)
     except (binascii.Error, orjson.JSONDecodeError):
-        raise MessageError("task protocol 1 body not readable") from None
+        raise _Unreadable("task protocol 1 body not readable") from None
 
 
 def _celery_fields(envelope: Any, now: float) -> CeleryMessage:
     headers = _headers(envelope)
-    fields = _task_fields(envelope, headers)
+    fields, eta_unreadable = _task_fields(envelope, headers)
     task_id = fields.get("id")
     if not isinstance(task_id, str):
         properties = envelope.get("properties")
@@ -166,7 +187,8 @@ def _celery_fields(envelope: Any, now: float) -> CeleryMessage:
         raise MessageError("no task id and no publish time")
     eta_value = fields.get("eta")
     eta = None if eta_value is None else parse_iso_time(eta_value)
-    return CeleryMessage(task_id=task_id, published_at=published_at, eta=eta)
+    return CeleryMessage(task_id=task_id, published_at=published_at, eta=eta,
+                         eta_unreadable=eta_unreadable)
 
 
 def parse_celery_message(raw: bytes, now: float, max_bytes: int) -> CeleryMessage:
@@ -202,8 +224,10 @@ def parse_unacked_entry(raw: bytes, now: float, max_bytes: int) -> UnackedEntry:
     if not (isinstance(exchange, str) and isinstance(routing_key, str)):
         raise MessageError("not an unacked entry")
     # Only the ETA matters here: a bad publish stamp must not hide it.
-    eta = _task_fields(envelope, _headers(envelope)).get("eta")
-    return UnackedEntry(exchange, routing_key, None if eta is None else parse_iso_time(eta))
+    fields, eta_unreadable = _task_fields(envelope, _headers(envelope))
+    eta = fields.get("eta")
+    return UnackedEntry(exchange, routing_key, None if eta is None else parse_iso_time(eta),
+                        eta_unreadable)
 
 
 def routing_of_unacked(raw: bytes) -> tuple[str, str]:

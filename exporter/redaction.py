@@ -11,12 +11,48 @@ MASK = "***"
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***; the user name is kept."""
+    """The URL with its password replaced by ***; the user name is kept.
+
+    A URL whose user part spills past its host (see userinfo_spills) shows
+    nothing between `://` and its last `@`.
+    """
+    shown = _masked(url)
+    if shown is None:
+        return MASK
+    if userinfo_spills(url):
+        scheme, _, rest = shown.partition("://")
+        return f"{scheme}://{MASK}@{rest.rpartition('@')[2]}"
+    return shown
+
+
+def userinfo_spills(url: str) -> bool:
+    """Whether an `@` follows the host once every password is masked.
+
+    A password with an unencoded `/`, `?` or `#` ends the host part early
+    (`redis://:ab/cd@host/0` has the host ":ab"), so the rest of the password,
+    and the real host, look like a path, query or fragment; sometimes the URL
+    even parses (`redis://:1234/x@host/0`: port 1234, no password), so
+    nothing masks it. An `@` there has no other business in a broker URL.
+    """
+    shown = _masked(url)
+    if shown is None:
+        return False
+    rest = shown.partition("://")[2]
+    netloc_end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark)
+        if found != -1:
+            netloc_end = min(netloc_end, found)
+    return "@" in rest[netloc_end:]
+
+
+def _masked(url: str) -> str | None:
+    """The URL with the user part's and the query's passwords masked; None if unreadable."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return MASK
+        return None
     if password:
         user = parts.username or ""
         host = parts.netloc.rsplit("@", 1)[1]
@@ -42,6 +78,10 @@ def secrets_of_url(url: str) -> tuple[str, ...]:
     passwords += [value for key, _, value in
                   (pair.partition("=") for pair in _query_pairs(parts.query))
                   if unquote_plus(key) == "password"]
+    if userinfo_spills(url):
+        # Where the password ends cannot be told: all that redact_url hides.
+        spilled = url.partition("://")[2].rpartition("@")[0]
+        passwords += [spilled, spilled.partition(":")[2]]
     # Decoded by whatever reads it, so any spelling may show up in an error.
     return tuple(dict.fromkeys(
         s for p in passwords if p for s in (p, unquote(p), unquote_plus(p)) if s))

@@ -64,9 +64,12 @@ class RQReader:
                     pipe.zcount(f"rq:{registry}:{q}", "-inf", "(0")
                     pipe.zcount(f"rq:{registry}:{q}", f"({now}", "+inf")
                 pipe.zcard(f"rq:scheduled:{q}")
+                # Declared to RQ: the queue exists, empty or not (--no-discovery
+                # does not read the set's other members).
+                pipe.sismember(QUEUES_KEY, QUEUE_PREFIX + q)
 
         results = run_pipeline(self._client, build)
-        rows = [results[i * 7:(i + 1) * 7] for i in range(len(queues))]
+        rows = [results[i * 8:(i + 1) * 8] for i in range(len(queues))]
         heads = [
             [job_id.decode("utf-8", "replace")
              for job_id in (problems.as_value(row[1], QUEUE_PREFIX + q) or [])]
@@ -101,7 +104,7 @@ class RQReader:
                     scheduled=problems.as_int(row[6], f"rq:scheduled:{q}"),
                 )
             )
-        found = bool(known) or any(
+        found = bool(known) or any(row[7] == 1 for row in rows) or any(
             q.depth or q.started or q.failed or q.scheduled for q in snapshots)
         return BrokerSnapshot(taken_at=now, queues=tuple(snapshots),
                               unparseable=tuple(unparseable), found=found)

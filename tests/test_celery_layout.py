@@ -121,6 +121,11 @@ def test_a_broken_topic_pattern_is_skipped():
         ({"sep": ":"}, CeleryRedisLayout(sep=":")),
         ({"global_keyprefix": "p:"}, CeleryRedisLayout(global_keyprefix="p:")),
         ({"unacked_key": "acks"}, CeleryRedisLayout(unacked_key="acks")),
+        ({"fanout_prefix": "/myapp.", "fanout_patterns": "False"},
+         CeleryRedisLayout(fanout_prefix="/myapp.", fanout_patterns=False)),
+        ({"fanout_prefix": "false"}, CeleryRedisLayout(fanout_prefix=False)),
+        ({"fanout_prefix": ""}, CeleryRedisLayout(fanout_prefix=False)),
+        ({"fanout_prefix": "True", "fanout_patterns": "1"}, CeleryRedisLayout()),
     ],
 )
 def test_layout_from_options(options, expected):
@@ -139,6 +144,8 @@ def test_layout_from_options(options, expected):
         ({"priority_steps": "[true]"}, "priority_steps: must be ascending"),
         ({"sep": ""}, "sep: must not be empty"),
         ({"unacked_key": ""}, "unacked_key: must not be empty"),
+        ({"fanout_patterns": "sometimes"},
+         "fanout_patterns: must be true or false (got 'sometimes')"),
         ({"visibility_timeout": "10"}, "visibility_timeout: unknown transport option (supported: "),
     ],
 )

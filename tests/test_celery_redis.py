@@ -557,14 +557,82 @@ def test_countdown_tasks_are_not_due_in_either_task_protocol(protocol, make_app,
     assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
 
 
-def test_a_pickled_protocol_1_task_is_counted_as_unparseable(make_app, redis_server):
+def test_pickled_protocol_1_tasks_are_due_with_their_age_and_one_warning(
+        make_app, redis_server, redis_client, stamped, caplog: pytest.LogCaptureFixture):
+    # Their ETA is inside the pickle: taken as due, as before bodies were read,
+    # rather than walked past (a full queue reading as idle) one warning each.
     app = make_app()
-    app.conf.update(task_protocol=1, accept_content=["json", "pickle"])
-    add(app).apply_async((1, 2), countdown=600, serializer="pickle")
+    app.conf.update(task_protocol=1, task_serializer="pickle", accept_content=["json", "pickle"])
+    before = time.time()
+    for _ in range(200):
+        add(app).apply_async((1, 2))
+    after = time.time()
+    add(app).apply_async((1, 2), queue="later", countdown=600)
+    clock = Clock(after + 600.0)
+    collector = exporter(redis_server.url, clock=clock)
+
+    with caplog.at_level(logging.WARNING):
+        for samples in (collect(collector), collect(collector)):
+            assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 200
+            assert clock.now - after <= celery_value(samples, m.OLDEST_TASK_AGE, "celery") <= (
+                clock.now - before)
+            # The countdown cannot be read either: due too (the README says so).
+            assert celery_value(samples, m.OLDEST_TASK_AGE, "later") > 0
+            assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
+                         queue="celery") is None
+        # A consumer holds the countdown task, as a worker that accepts pickle would:
+        # unacked, and not known to be scheduled.
+        with app.connection_for_read() as connection:
+            later = Queue("later", Exchange("later"), routing_key="later")
+            with connection.Consumer(later, accept=["pickle"], callbacks=[lambda *_: None]):
+                connection.drain_events(timeout=5)
+                samples = collect(collector)
+                assert celery_value(samples, m.TASKS_UNACKED, "later") == 1
+                assert celery_value(samples, m.TASKS_SCHEDULED, "later") == 0
+                assert celery_value(samples, m.QUEUE_DEPTH, "later") == 0
+                assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
+                             queue="later") is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"celery queue {queue!r}: task protocol 1 body in 'application/x-python-serialize' hides "
+        "its ETA: such tasks are taken as due (this is not logged again for this queue)"
+        for queue in ("celery", "later")], warnings
+
+
+def test_a_flood_of_broken_messages_is_counted_and_logged_once_per_reason(
+        make_app, redis_server, redis_client, caplog: pytest.LogCaptureFixture):
+    app = make_app()
+    add(app).apply_async((1, 2))
+    redis_client.rpush("celery", *[f"not json {i}".encode() for i in range(100)],
+                       *[json.dumps({"headers": {}, "n": i}).encode() for i in range(50)])
     collector = exporter(redis_server.url)
 
-    for samples in (collect(collector), collect(collector)):
-        assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 1
-        # Its ETA is inside the pickle: neither due nor not due, so no age.
-        assert celery_value(samples, m.OLDEST_TASK_AGE, "celery") == 0.0
-        assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery", queue="celery") == 1
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            samples = collect(collector)
+            assert value(samples, m.UNPARSEABLE_MESSAGES.name, system="celery",
+                         queue="celery") == 150
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sorted(warnings) == [
+        f"celery queue 'celery': skipped a message for age: {reason} (more such messages are "
+        "counted in taskqueue_exporter_unparseable_messages_total, not logged)"
+        for reason in ("neither task headers nor a task protocol 1 body", "not JSON")], warnings
+
+
+def test_a_binding_key_of_the_wrong_type_is_kept_and_logged_once(
+        make_app, redis_server, redis_client, caplog: pytest.LogCaptureFixture):
+    add(make_app()).apply_async((1, 2))
+    redis_client.set("_kombu.binding.broken", "a string where a set should be")
+    collector = exporter(redis_server.url, "--discovery-interval", "3600")
+    redis_client.config_resetstat()
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            samples = collect(collector)
+            assert value(samples, m.SCRAPE_SUCCESS.name) == 1
+            assert celery_value(samples, m.QUEUE_DEPTH, "celery") == 1
+    # One discovery SCAN in the hour, not one per scrape.
+    assert redis_client.info("commandstats")["cmdstat_scan"]["calls"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot read '_kombu.binding.broken': WRONGTYPE Operation against a key holding the "
+        "wrong kind of value"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 
@@ -165,3 +166,19 @@ def test_bad_url_option_is_a_one_line_error():
         "--broker-url", f"redis://127.0.0.1:{free_port()}/0?socket_timeout=x&password={PASSWORD}"))
     assert "cannot connect to the broker at" in line
     assert PASSWORD not in line
+
+
+@pytest.mark.parametrize(
+    "password",
+    # Unencoded / and #: the first makes urlsplit fail on a "port" that is half of the
+    # password, the second parses (port 1234, no password) and would be logged whole.
+    ["Pw9/x-" + PASSWORD, "1234#x-" + PASSWORD],
+)
+def test_a_password_that_breaks_the_url_never_shows(password):
+    url = f"redis://:{password}@127.0.0.1:{free_port()}/0"
+    result = subprocess.run([EXPORTER], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "TASKQUEUE_EXPORTER_BROKER_URL": url})
+    line = one_line_error(result)
+    assert "must be percent-encoded" in line
+    for piece in (password, *password.replace("#", "/").split("/")):
+        assert piece not in line.partition("(")[0], line

@@ -183,3 +183,32 @@ def test_rabbitmq_urls():
     passive = parse_config(["--broker-url", "amqp://h/v", "--queue", "a"], {})
     assert passive.rabbitmq and passive.management_url is None
     assert not parse_config(["--broker-url", URL], {}).rabbitmq
+
+
+HINT = "a password with / ? # or @ must be percent-encoded: %2F %3F %23 %40"
+
+
+@pytest.mark.parametrize(
+    ("flag", "url"),
+    [
+        ("--broker-url", "redis://:Pw9/cd-Secret@127.0.0.1:6379/0"),
+        ("--broker-url", "redis://:Pw9?cd-Secret@127.0.0.1:6379/0"),
+        ("--broker-url", "redis://:Pw9#cd-Secret@127.0.0.1:6379/0"),
+        # The host part reads as ":1234", a port: the URL parses, with no password.
+        ("--broker-url", "redis://:1234/cd-Secret@127.0.0.1:6379/0"),
+        ("--broker-url", "redis://:1234#cd-Secret@127.0.0.1:6379/0"),
+        ("--broker-url", "amqp://app:Pw9/cd-Secret@rabbit:5672/vhost"),
+        ("--broker-url", "redis://:Pw9:cd/-Secret@127.0.0.1:6379/0"),
+        ("--rabbitmq-management-url", "http://app:Pw9/cd-Secret@rabbit:15672"),
+    ],
+)
+def test_a_password_that_breaks_the_url_is_refused_without_echoing_it(flag, url):
+    argv = ["--broker-url", "amqp://rabbit//", flag, url] if flag != "--broker-url" else [
+        flag, url, "--queue", "q"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(argv, {})
+    message = str(info.value)
+    assert message.startswith(f"{flag}: ") and message.endswith(f"({HINT})"), message
+    password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    for piece in (password, *password.replace("#", "/").replace("?", "/").split("/")):
+        assert piece not in message.replace(HINT, ""), (piece, message)

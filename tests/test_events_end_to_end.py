@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any
 import pytest
 
 from exporter import metric_names as m
+from tests import celery_app as celery_app_module
 from tests import events_app
 from tests.rabbitmq import MANAGEMENT_URL, Vhost, require_rabbitmq
 from tests.scrape import Samples, value
 from tests.services import Exporter, RedisServer, get, require, self_signed_certificate, wait_for
-from tests.workers import BIN, WorkerProcess, _env
+from tests.workers import BIN, WorkerProcess, _env, celery_worker
 
 Q = events_app.QUEUE
 # Worker heartbeats every second: gone 3 s after the last one.
@@ -243,6 +245,24 @@ def test_connecting_gives_known_workers_a_fresh_heartbeat_window(redis_server) -
     assert tracker.snapshot(t0 + 30.5).active == {Q: 1}
 
 
+def test_the_exporters_kombu_channels_never_emulate_acks(redis_server) -> None:
+    import kombu.transport.redis
+    from kombu.transport import virtual
+
+    from exporter.celery_events import celery_app
+
+    # Asked for (say, copied from the app's options), it is still off.
+    app = celery_app(redis_server.url, {"ack_emulation": True, "sep": ":"}, 5.0)
+    assert app.conf.broker_transport_options == {"ack_emulation": False, "sep": ":"}
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        assert channel.ack_emulation is False
+        # The plain QoS restores nothing it did not deliver itself.
+        assert channel.qos.restore_visible.__func__ is virtual.QoS.restore_visible
+        assert not isinstance(channel.qos, kombu.transport.redis.QoS)
+    app.close()
+
+
 def test_the_receiver_reconnects_after_a_broker_restart(tmp_path: Path) -> None:
     server = RedisServer(tmp_path).start()
     exporter = Exporter(tmp_path, "--broker-url", server.url, "--queue", Q)
@@ -383,15 +403,19 @@ def test_events_over_tls_with_the_password_as_a_query_parameter(tmp_path: Path) 
     "options",
     [{"sep": ":"},
      {"global_keyprefix": "app1:", "sep": "|", "priority_steps": list(range(10)),
-      "unacked_key": "held"}],
-    ids=["sep", "global_keyprefix-sep-priority_steps-unacked_key"],
+      "unacked_key": "held"},
+     # Where events and broadcasts go (pub/sub channel names): with kombu's default
+     # the exporter would hear no event and no worker would hear its questions.
+     {"fanout_prefix": "/myapp.", "fanout_patterns": False}],
+    ids=["sep", "global_keyprefix-sep-priority_steps-unacked_key", "fanout"],
 )
 def test_every_connection_honours_the_apps_transport_options(
     options: dict[str, Any], tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path).start()
     flags = [f"--broker-transport-option={key}="
-             + (",".join(map(str, value)) if isinstance(value, list) else value)
+             + (",".join(map(str, value)) if isinstance(value, list)
+                else str(value).lower() if isinstance(value, bool) else value)
              for key, value in options.items()]
     exporter = Exporter(tmp_path, "--broker-url", server.url, "--discovery-interval", "0",
                         *flags)
@@ -414,7 +438,8 @@ def test_every_connection_honours_the_apps_transport_options(
         assert bindings
         for key in bindings:
             for member in client.smembers(key):
-                assert len(member.decode().split(options["sep"])) == 3, (key, member)
+                assert len(member.decode().split(options.get("sep", "\x06\x16"))) == 3, (
+                    key, member)
     finally:
         client.close()
         app.close()
@@ -457,3 +482,58 @@ def test_workers_without_task_events_are_named_from_the_event_stream(tmp_path: P
     assert all(line.split(": ", 1)[1].startswith("worker quiet@") for line in advice()), advice()
     assert all("ran 1 task but sent no task event: start the workers with -E (or set "
                "worker_send_task_events = True)" in line for line in advice()), advice()
+
+
+def test_remote_control_never_restores_the_apps_unacked_tasks(tmp_path: Path) -> None:
+    # The app gives its workers 12 h (long ETAs, as Celery's docs advise); kombu's
+    # default is 1 h. The exporter's own connections must not apply theirs to the
+    # app's unacked entries: the worker still holds the task, so a restore runs it twice.
+    server = RedisServer(tmp_path).start()
+    options = {"visibility_timeout": 43200}
+    worker = celery_worker(server.url, tmp_path / "holder.log", options)
+    app = celery_app_module.create_app(server.url, options)
+    client = server.client()
+    exporter = None
+    try:
+        app.tasks["tests.add"].apply_async((1, 2), countdown=86400)
+        wait_for(lambda: client.hlen("unacked") == 1 and not client.llen("celery"), timeout=30,
+                 what="the worker to hold the countdown task")
+        (tag,) = client.zrange("unacked_index", 0, -1)
+        # Held for two hours: past kombu's default, well inside the app's.
+        client.zadd("unacked_index", {tag: time.time() - 7200})
+        held = client.hgetall("unacked"), client.zrange("unacked_index", 0, -1, withscores=True)
+        # This worker sends no events (no -E, no heartbeat): every PUBLISH is a broadcast
+        # of the exporter's remote control, four per inspect poll. The first poll of a
+        # channel that emulates acks sweeps the unacked index.
+        published = client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
+        exporter = Exporter(tmp_path, "--broker-url", server.url, "--inspect-interval", "1",
+                            "--inspect-timeout", "0.5")
+
+        def polls() -> float:
+            calls = client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
+            return (calls - published) / 4
+
+        def polled() -> Samples | None:
+            s = exporter.scrape()
+            answered = value(s, m.INSPECT_TASKS.name, queue="celery", state="scheduled")
+            return s if answered and polls() >= 2 else None
+
+        s = wait_for(polled, timeout=30, interval=0.2, what="two inspect polls answered")
+        # A restored entry goes back to the queue, and the worker takes it again at
+        # once: its queue reads empty, but its index score is new and the worker
+        # holds the task twice (and will run it twice).
+        assert value(s, m.INSPECT_TASKS.name, queue="celery", state="scheduled") == 1
+        assert (client.hgetall("unacked"),
+                client.zrange("unacked_index", 0, -1, withscores=True)) == held
+        assert client.llen("celery") == 0
+        assert not client.exists("unacked_mutex")
+        s = exporter.scrape()
+        assert value(s, m.TASKS_UNACKED.name, system="celery", queue="celery") == 1
+        assert value(s, m.TASKS_SCHEDULED.name, system="celery", queue="celery") == 1
+    finally:
+        client.close()
+        app.close()
+        worker.stop()
+        code = exporter.stop() if exporter else 0
+        server.stop()
+    assert code == 0, exporter.output() if exporter else ""

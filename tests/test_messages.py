@@ -7,6 +7,7 @@ import pytest
 
 from exporter.messages import (
     PUBLISHED_AT_HEADER,
+    CeleryMessage,
     MessageError,
     fingerprint,
     parse_celery_message,
@@ -99,21 +100,47 @@ def test_parse_celery_message_reads_a_protocol_1_body(message, task_id, publishe
     assert unacked_entry.eta == eta
 
 
+PICKLED = {**v1_envelope(V1_BODY), "content-type": "application/x-python-serialize"}
+
+
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        ({**v1_envelope(V1_BODY), "content-type": "application/x-python-serialize"},
-         "task protocol 1 body in 'application/x-python-serialize'"),
+        (PICKLED, "task protocol 1 body in 'application/x-python-serialize'"),
+        ({**v1_envelope(V1_BODY), "content-type": "application/x-msgpack"},
+         "task protocol 1 body in 'application/x-msgpack'"),
         (v1_envelope(V1_BODY, {"compression": "application/x-gzip"}),
          "task protocol 1 body in 'application/json' compressed with 'application/x-gzip'"),
         (v1_envelope(b"not json"), "task protocol 1 body not readable"),
         ({**v1_envelope(V1_BODY), "body": "not base64!"}, "task protocol 1 body not readable"),
+        ({**v1_envelope(V1_BODY), "content-type": "x" * 500},
+         "task protocol 1 body in '" + "x" * 59),
+    ],
+)
+def test_an_unreadable_protocol_1_body_leaves_the_task_due(message, reason):
+    # Its ETA (here in the future) is inside: the task is known by its headers
+    # and properties alone, and taken as due, with the reason why.
+    parsed = parse_celery_message(raw(message), NOW, MAX)
+    assert parsed == CeleryMessage("corr-1", None, None, eta_unreadable=reason)
+    assert parsed.is_due(NOW)
+    stamped = {**message, "headers": {**message["headers"], PUBLISHED_AT_HEADER: NOW - 5}}
+    assert parse_celery_message(raw(stamped), NOW, MAX) == CeleryMessage(
+        "corr-1", NOW - 5, None, eta_unreadable=reason)
+    entry = parse_unacked_entry(unacked(message, "", "q"), NOW, MAX)
+    assert (entry.eta, entry.eta_unreadable) == (None, reason)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
         (v1_envelope({"n": 1}), "neither task headers nor a task protocol 1 body"),
         (v1_envelope([1, 2]), "neither task headers nor a task protocol 1 body"),
         (v1_envelope({**V1_BODY, "eta": "soon"}), "time is not ISO 8601"),
+        # Neither a stamp nor an id: nothing to date it by.
+        ({**PICKLED, "properties": {}}, "no task id and no publish time"),
     ],
 )
-def test_unreadable_protocol_1_bodies_raise_with_reason(message, reason):
+def test_protocol_1_bodies_that_are_not_tasks_raise_with_reason(message, reason):
     with pytest.raises(MessageError) as info:
         parse_celery_message(raw(message), NOW, MAX)
     assert str(info.value) == reason

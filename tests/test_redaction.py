@@ -18,6 +18,14 @@ from exporter.redaction import RedactingFilter, redact_url, secrets_of_url
         # The other parameters stay as written; every spelling of the password is a secret.
         ("rediss://h:6380/0?ssl_ca_certs=/ca.pem&password=p%2Fw+x",
          "rediss://h:6380/0?ssl_ca_certs=/ca.pem&password=***", ("p%2Fw+x", "p/w+x", "p/w x")),
+        # A password with an unencoded / ? # ends the host early: nothing before the last
+        # @ is shown, even when the rest parses (":1234" as a port, no password).
+        ("redis://:ab/cd@h:6379/0", "redis://***@h:6379/0", (":ab/cd", "ab/cd")),
+        ("redis://:1234/x@h:6379/0", "redis://***@h:6379/0", (":1234/x", "1234/x")),
+        ("redis://:12#cd@h/0", "redis://***@h/0", (":12#cd", "12#cd")),
+        ("amqp://u:p?w@rabbit//", "amqp://***@rabbit//", ("u:p?w", "p?w")),
+        # An @ in a masked query password is no sign of it.
+        ("redis://h/0?password=a@b", "redis://h/0?password=***", ("a@b",)),
     ],
 )
 def test_redact_url(url, shown, secrets):

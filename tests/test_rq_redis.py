@@ -154,3 +154,25 @@ def test_a_registry_of_the_wrong_type_is_logged_once(redis_server, redis_client,
     assert [r.getMessage() for r in caplog.records] == [
         "cannot read 'rq:failed:default': WRONGTYPE Operation against a key holding the wrong "
         "kind of value"]
+
+
+def test_a_listed_rq_queue_is_found_while_empty_without_discovery(
+        redis_server, redis_client, caplog: pytest.LogCaptureFixture):
+    # Only the listed queue is read, but RQ declares it in rq:queues: an empty queue,
+    # not a database without queues (which is what the warning is for).
+    queue = Queue("jobs", connection=redis_client)
+    collector = exporter(redis_server.url, "--no-discovery", "--queue", "rq:jobs")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            job = queue.enqueue(rq_jobs.ok)
+            assert rq_value(collect(collector), m.QUEUE_DEPTH, "jobs") == 1
+            queue.remove(job)  # what a worker's pop of the last job leaves
+            assert redis_client.sismember("rq:queues", "rq:queue:jobs")
+            assert rq_value(collect(collector), m.QUEUE_DEPTH, "jobs") == 0
+    assert [r.getMessage() for r in caplog.records] == []
+    # Gone from RQ too: now it is said, once.
+    queue.delete()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            collect(collector)
+    assert [r.getMessage()[:32] for r in caplog.records] == ["no Celery or RQ queue in Redis d"]

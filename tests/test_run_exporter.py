@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -13,7 +14,7 @@ import pytest
 
 from exporter import metric_names as m
 from tests.scrape import parse_text, value
-from tests.services import RedisServer, free_port, get, wait_for
+from tests.services import RedisServer, free_port, get, live_members, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 URL = re.compile(r"http://\S+/metrics")
@@ -50,6 +51,11 @@ class Run:
             self.process.wait()
 
 
+def another_terminal() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in ("BROKER_URL", "TASKQUEUE_EXPORTER_BROKER_URL")}
+
+
 def answers(url: str) -> bool:
     status, text = get(url)
     return status == 200 and value(parse_text(text), m.SCRAPE_SUCCESS.name) == 1
@@ -64,11 +70,12 @@ def test_make_run_prints_where_it_listens_and_a_working_publish_line(
         output = run.started()
         urls = URL.findall(output)
         assert urls == [f"http://127.0.0.1:{port}/metrics"], output
-        # The README's next step, as the script spells it.
+        # The README's next step, as the script spells it, run from another terminal:
+        # one where BROKER_URL is not set.
         (line,) = [line for line in output.splitlines() if line.startswith("try:")]
         publish = subprocess.run(["bash", "-c", line.removeprefix("try:").strip()], cwd=REPO,
-                                 env={**os.environ, "BROKER_URL": redis_server.url},
-                                 capture_output=True, text=True, timeout=60)
+                                 env=another_terminal(), capture_output=True, text=True,
+                                 timeout=60)
         assert publish.returncode == 0, publish.stdout + publish.stderr
         samples = parse_text(get(urls[0])[1])
     finally:
@@ -89,8 +96,10 @@ def test_make_run_prints_where_it_listens_and_a_working_publish_line(
         # The exporter's own variables, when PORT is not set.
         ({"TASKQUEUE_EXPORTER_LISTEN_ADDRESS": "::1", "TASKQUEUE_EXPORTER_PORT": "{b}"},
          "http://[::1]:{b}/metrics"),
+        # Where it listens is said at any log level.
+        ({"PORT": "{a}", "TASKQUEUE_EXPORTER_LOG_LEVEL": "error"}, "http://127.0.0.1:{a}/metrics"),
     ],
-    ids=["exporter-args-port", "ipv6-wildcard", "exporter-variables"],
+    ids=["exporter-args-port", "ipv6-wildcard", "exporter-variables", "log-level-error"],
 )
 def test_every_url_the_script_prints_answers(env: dict[str, str], expected: str,
                                              redis_server: RedisServer, redis_client,
@@ -107,3 +116,53 @@ def test_every_url_the_script_prints_answers(env: dict[str, str], expected: str,
             assert answers(url), (url, output)
     finally:
         run.stop()
+
+
+def test_the_broker_password_is_not_on_any_command_line(tmp_path: Path) -> None:
+    # Any user of the machine reads command lines (ps, /proc/<pid>/cmdline).
+    password = "Top-Secret-9"
+    server = RedisServer(tmp_path, password=password).start()
+    port = free_port()
+    run = Run([str(REPO / "scripts/run-exporter.sh")], tmp_path / "run.log",
+              BROKER_URL=server.url, PORT=str(port))
+    try:
+        run.started()
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/metrics"),
+                 what="the exporter to read the broker")
+        command_lines = {}
+        for pid in live_members(run.process.pid):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                command_lines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        run.stop()
+        server.stop()
+    assert any(b"taskqueue-exporter" in line for line in command_lines.values()), command_lines
+    assert not [line for line in command_lines.values() if password.encode() in line]
+    assert password not in run.output()
+    # The publish line cannot name a URL it may not print: it says what to set.
+    (line,) = [line for line in run.output().splitlines() if line.startswith("try:")]
+    assert line.endswith(f"publish-sample-tasks.py   # reads $BROKER_URL: set it to "
+                         f"redis://:***@127.0.0.1:{server.port}/0, with the password (not "
+                         "shown here)"), line
+
+
+PUBLISH = [str(REPO / ".venv/bin/python"), str(REPO / "scripts/publish-sample-tasks.py")]
+
+
+def test_publish_sample_tasks_reads_the_variables_and_refuses_an_empty_url(
+        redis_server: RedisServer, redis_client) -> None:
+    for env in ({"BROKER_URL": redis_server.url},
+                {"TASKQUEUE_EXPORTER_BROKER_URL": redis_server.url}):
+        done = subprocess.run(PUBLISH, env={**another_terminal(), **env}, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.endswith(f"to {redis_server.url}\n"), done.stdout
+    assert redis_client.llen("reports") == 0 and redis_client.llen("rq:queue:reports") == 2
+    # "$BROKER_URL" where it is not set, or set empty: refused, not the default Redis.
+    for args, env in (([""], {}), ([], {"BROKER_URL": ""})):
+        refused = subprocess.run([*PUBLISH, *args], env={**another_terminal(), **env},
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert "is empty: give the broker URL (is BROKER_URL set in this shell?)" in (
+            refused.stderr), refused.stderr
+    assert redis_client.llen("rq:queue:reports") == 2
