@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -373,3 +375,25 @@ class ScalerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+# 2024-01-01 12:00:00,123 DEBUG scaler.cycle: service=... desired=1 ... new=1 reason=...
+DECISION = re.compile(
+    r"^(?P<time>\S+ \S+) \w+ scaler\.cycle: service=(?P<service>\S+) desired=(?P<desired>\d+) "
+    r".*? new=(?P<new>\d+) reason=(?P<reason>\w+) .*?rules=\[backlog=(?P<value>\S+)->"
+)
+
+
+def decisions(log: str, service: str) -> list[dict[str, Any]]:
+    """The decision lines a scaler logged (at debug level) for a service whose first rule is
+    named backlog: time (epoch seconds), desired, new, reason and the rule's value."""
+    found = []
+    for line in log.splitlines():
+        match = DECISION.match(line)
+        if match and match["service"] == service:
+            found.append({
+                "time": datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp(),
+                "desired": int(match["desired"]), "new": int(match["new"]),
+                "reason": match["reason"], "value": match["value"],
+            })
+    return found

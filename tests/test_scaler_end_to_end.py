@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 import requests
 
 from tests.aws import CLUSTER, REGION, SECRET_KEY, desired_count
-from tests.services import MetricsTarget, PrometheusServer, wait_for
+from tests.services import MetricsTarget, PrometheusServer, decisions, wait_for
 
 SERVICE = "celery-default"  # created at 1 worker by the moto_ecs fixture
 NAME = "worker-default"  # the service's name in the scaler's config and logs
@@ -63,13 +62,6 @@ services:
           - {{type: percent, value: 100, period: 1s}}
 """
 
-# 2024-01-01 12:00:00,123 DEBUG scaler.cycle: service=... desired=1 ... new=1 reason=...
-DECISION = re.compile(
-    r"^(?P<time>\S+ \S+) \w+ scaler\.cycle: service=(?P<service>\S+) desired=(?P<desired>\d+) "
-    r".*? new=(?P<new>\d+) reason=(?P<reason>\w+) .*?rules=\[backlog=(?P<value>\S+)->"
-)
-
-
 def depth_text(depth: int) -> str:
     return ("# TYPE taskqueue_queue_depth gauge\n"
             f'taskqueue_queue_depth{{queue="default",system="celery"}} {depth}\n'
@@ -84,18 +76,7 @@ def depth_target() -> Iterator[MetricsTarget]:
 
 
 def _decisions(log: Path) -> list[dict[str, Any]]:
-    found = []
-    for line in log.read_text().splitlines():
-        match = DECISION.match(line)
-        if match and match["service"] == NAME:
-            found.append({
-                "time": datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp(),
-                "desired": int(match["desired"]),
-                "new": int(match["new"]),
-                "reason": match["reason"],
-                "value": match["value"],
-            })
-    return found
+    return decisions(log.read_text(), NAME)
 
 
 def _watch(client: Any, seen: list[int]) -> Callable[[int], bool]:

@@ -10,10 +10,8 @@ the real exporter.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from tests.services import (
     free_port,
     wait_for,
 )
+from tests.services import decisions as logged_decisions
 
 pytestmark = pytest.mark.integration
 
@@ -67,24 +66,8 @@ services:
 """
 FAST_UP = "{type: workers, value: 10, period: 1s}"
 
-# 2024-01-01 12:00:00,123 DEBUG scaler.cycle: service=... desired=1 ... new=1 reason=...
-DECISION = re.compile(
-    r"^(?P<time>\S+ \S+) \w+ scaler\.cycle: service=(?P<service>\S+) desired=(?P<desired>\d+) "
-    r".*? new=(?P<new>\d+) reason=(?P<reason>\w+) .*?rules=\[backlog=(?P<value>\S+)->"
-)
-
-
 def decisions(scaler: ScalerProcess) -> list[dict[str, Any]]:
-    found = []
-    for line in scaler.text().splitlines():
-        match = DECISION.match(line)
-        if match and match["service"] == NAME:
-            found.append({
-                "time": datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp(),
-                "desired": int(match["desired"]), "new": int(match["new"]),
-                "reason": match["reason"], "value": match["value"],
-            })
-    return found
+    return logged_decisions(scaler.text(), NAME)
 
 
 def depth_text(depth: int) -> str:
