@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from exporter import metric_names
-from scaler import ecs_names, promql_syntax, templates, yaml_document
+from scaler import child_limits, ecs_names, query_checks, templates, yaml_document
 from scaler.decision import (
     Behavior,
     Direction,
@@ -326,25 +326,53 @@ def _choice(*options: str) -> Callable[[Any], str]:
 # --------------------------------------------------------------------------- reader
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A query's place in the list of errors, until every query of the config is checked."""
+
+    key: str
+    query: query_checks.Query
+    # Its error line's message once found invalid; None: "not valid PromQL: ...".
+    invalid: str | None = None
+
+
 class _Report:
     """Every error of one config, each once, in the order found."""
 
     def __init__(self) -> None:
-        self.errors: list[str] = []
+        self._entries: list[str | _Pending] = []
         self._seen: set[str] = set()
         self.keys: set[str] = set()  # key paths with an error
-        self._queries: dict[str, str | None] = {}  # each query text parsed once
+        self._queries: dict[query_checks.Query, None] = {}  # each checked once, in order
         self.local_text_left = MAX_LOCAL_TEXT
 
-    def query(self, value: Any) -> str:
-        """A PromQL query, its syntax checked offline (a converter for _Node.get)."""
-        text = _string(value)
-        if text not in self._queries:
-            self._queries[text] = promql_syntax.check(text)
-        problem = self._queries[text]
-        if problem is not None:
-            raise _Invalid(f"not valid PromQL: {problem} (got {_show(text)})")
-        return text
+    def defer(self, key: str, query: query_checks.Query, invalid: str | None = None) -> None:
+        """`query` is checked with all the config's others, by finish(); its error, if
+        any, takes this place in the list."""
+        self._queries[query] = None
+        self._entries.append(_Pending(key, query, invalid))
+
+    def finish(self, cpu_seconds: float) -> list[str]:
+        """Every error, the queries' included."""
+        queries = list(self._queries)
+        results = dict(zip(queries, query_checks.check_all(queries, cpu_seconds), strict=True))
+        errors: list[str] = []
+        seen: set[str] = set()
+        for entry in self._entries:
+            if isinstance(entry, _Pending):
+                result = results[entry.query]
+                if isinstance(result, query_checks.Invalid):
+                    message = entry.invalid or (f"not valid PromQL: {result.problem} "
+                                                f"(got {_show(entry.query.text)})")
+                elif isinstance(result, query_checks.Refused) and result.reason:
+                    message = result.reason
+                else:
+                    continue
+                entry = f"{entry.key}: {message}"
+            if entry not in seen:
+                seen.add(entry)
+                errors.append(entry)
+        return errors
 
     def local_text(self, convert: Callable[[Any], T]) -> Callable[[Any], T]:
         """`convert`, within what is left of MAX_LOCAL_TEXT."""
@@ -363,7 +391,7 @@ class _Report:
         entry = f"{key}: {message}" if key else message
         if entry not in self._seen:
             self._seen.add(entry)
-            self.errors.append(entry)
+            self._entries.append(entry)
         self.keys.add(key)
 
 
@@ -425,6 +453,25 @@ class _Node:
         except _Invalid as problem:
             self.error(name, str(problem))
             return None
+
+    def query(self, name: str, default: str | None = None, *, required: bool = False,
+              false_is_none: bool = False) -> str | None:
+        """A PromQL query whose result a rule can read; checked as PromQL with the config's
+        other queries (_Report.defer). `false_is_none`: false is no query."""
+        value = self._value(name)
+        if value is None:
+            if required and self.key(name) not in self.failed:
+                self.error(name, "required")
+            return default
+        if false_is_none and value is False:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            expected = "a PromQL query, or false for none" if false_is_none else (
+                "a non-empty string")
+            self.error(name, f"must be {expected} (got {_show(value)})")
+            return default
+        self.report.defer(self.key(name), query_checks.Query(value, instant=True))
+        return value
 
     def child(self, name: str, required: bool = False) -> _Node | None:
         self.used.add(name)
@@ -505,6 +552,9 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     if not isinstance(document, Mapping):
         raise ConfigError(["the config must be a YAML mapping with prometheus and services"])
     report = _Report()
+    # The template sandbox's CPU time is taken from what checking the queries may have:
+    # a config whose templates and queries both compute is refused as fast as either.
+    children_before = child_limits.children_cpu()
     root = _Node(document, "", report)
     prometheus = _prometheus(root.child("prometheus", required=True), env)
     interval = root.get("interval", _duration, 15.0)
@@ -519,7 +569,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     port = root.get("port", _integer, DEFAULT_PORT)
     if not 0 <= port <= 65535:
         root.error("port", f"must be between 0 and 65535 (got {port})")
-    health = root.get("health_query", _health_query(report), DEFAULT_HEALTH_QUERY)
+    health = root.query("health_query", DEFAULT_HEALTH_QUERY, false_is_none=True)
     restore = _restore(root.child("restore"))
     lease = _lease(root.child("lease"), interval)
     nodes = root.items("services")
@@ -534,34 +584,25 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
         seen.add(service.name)
     _one_service_each(found, report)
     root.check_unknown()
-    if report.errors:
-        raise ConfigError(report.errors)
+    templates_cpu = child_limits.children_cpu() - children_before
+    errors = report.finish(query_checks.CPU_SECONDS - templates_cpu)
+    if errors:
+        raise ConfigError(errors)
     assert prometheus is not None
     return ScalerConfig(prometheus=prometheus, services=tuple(services), interval=interval,
                         concurrency=concurrency, listen_address=listen_address, port=port,
                         restore=restore or RestoreConfig(), lease=lease)
 
 
-def _health_query(report: _Report) -> Callable[[Any], str | None]:
-    """A converter: a query (its syntax checked), or false for none."""
-
-    def convert(value: Any) -> str | None:
-        if value is False:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise _Invalid(f"must be a PromQL query, or false for none (got {_show(value)})")
-        return report.query(value)
-
-    return convert
-
-
 def _matchers(value: Any) -> str:
-    """PromQL label matchers, checked by parsing them on a selector."""
+    """PromQL label matchers (checked as PromQL on a selector, by _restore)."""
     text = _string(value).strip().rstrip(",")
-    if "{" in text or "}" in text or promql_syntax.check(f"x{{{text}}}") is not None:
-        raise _Invalid('must be PromQL label matchers like job="taskqueue-scaler" '
-                       f"(got {_show(value)})")
+    if "{" in text or "}" in text:
+        raise _Invalid(_MATCHERS_EXPECTED.format(_show(value)))
     return text
+
+
+_MATCHERS_EXPECTED = 'must be PromQL label matchers like job="taskqueue-scaler" (got {})'
 
 
 def _restore(node: _Node | None) -> RestoreConfig | None:
@@ -569,6 +610,9 @@ def _restore(node: _Node | None) -> RestoreConfig | None:
         return None
     enabled = node.get("enabled", _boolean, True)
     matchers = node.get("matchers", _matchers, "")
+    if matchers:
+        node.report.defer(node.key("matchers"), query_checks.Query(f"x{{{matchers}}}", False),
+                          _MATCHERS_EXPECTED.format(_show(node.data["matchers"])))
     node.check_unknown()
     return RestoreConfig(enabled=enabled, matchers=matchers)
 
@@ -890,11 +934,11 @@ def _service(node: _Node, health: str | None) -> ServiceConfig | None:
     rules = tuple(r for r in (_rule(n, i, selector) for i, n in enumerate(rule_nodes)) if r)
     if node.data.get("rules") is None or node.data.get("rules") == []:
         node.error("rules", "at least one rule is required")
-    activation = node.get("activation_query", node.report.query, None)
+    activation = node.query("activation_query")
     if activation is not None and low not in (0, None):
         node.error("activation_query", f"only applies when min is 0 (min is {low})")
-    guard = node.get("scale_down_guard", node.report.query, None)
-    health = node.get("health_query", _health_query(node.report), health)
+    guard = node.query("scale_down_guard")
+    health = node.query("health_query", health, false_is_none=True)
     behavior = _behavior(node.child("behavior"))
     node.check_unknown()
     # A service with errors is dropped here; parse_config reports them all.
@@ -1015,7 +1059,7 @@ def _names(value: Any) -> tuple[str, ...]:
 def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:
     kind = node.require("type", _choice(*RULE_KINDS))
     name = node.get("name", _string, f"{kind or 'rule'}-{index}")
-    query = node.require("query", node.report.query)
+    query = node.query("query", required=True)
     # The rule's own match_labels replace the service's; {} reads every series.
     selector = node.get("match_labels", _selector, service_selector)
     aggregate = node.get("aggregate", _choice("sum", "max"), None)
@@ -1056,11 +1100,11 @@ def _drain(node: _Node) -> tuple[Drain | None, dict[str, Any]]:
     if throughput is not None and throughput > 0:
         node.at_least("throughput", throughput, 1e-6)  # tasks/s: 0.0036/h
         node.at_most("throughput", throughput, 1e6)
-    throughput_query = node.get("throughput_query", node.report.query, None)
+    throughput_query = node.query("throughput_query")
     if (throughput is None) == (throughput_query is None) and not node.has_error("throughput") \
             and not node.has_error("throughput_query"):
         node.error("throughput", "set exactly one of throughput and throughput_query")
-    arrival_query = node.get("arrival_query", node.report.query, None)
+    arrival_query = node.query("arrival_query")
     if within is None or node.error_count:
         return None, {}
     return Drain(within, startup), {"throughput": throughput, "throughput_query":

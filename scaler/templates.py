@@ -15,7 +15,6 @@ could otherwise render gigabytes).
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import signal
@@ -28,7 +27,7 @@ from typing import Any
 
 from jinja2.defaults import DEFAULT_NAMESPACE
 
-from scaler import template_sandbox
+from scaler import child_limits, template_sandbox
 from scaler.template_sandbox import CPU_SECONDS, MAX_OUTPUT, budget_spent, promql_string, short
 
 MAX_TOTAL = 16 << 20
@@ -155,16 +154,6 @@ def render_all(jobs: Sequence[Job], stamps: Sequence[Mapping[str, Any]]) -> list
     return [done.get(job) for job in jobs]
 
 
-def _child_environment() -> dict[str, str]:
-    # Nothing of ours (tokens, credentials) reaches a process running config input: only
-    # where our modules are (so it imports the Jinja2 we do, however we were installed)
-    # and the loader path, for a Python whose libpython is found through it.
-    environment = {"PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
-    if "LD_LIBRARY_PATH" in os.environ:
-        environment["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
-    return environment
-
-
 def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -> list[Result]:
     used = sorted({job.stamp for job in jobs})
     index = {stamp: i for i, stamp in enumerate(used)}
@@ -178,7 +167,7 @@ def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -
     command = [sys.executable, "-P", str(Path(template_sandbox.__file__))]
     try:
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=_child_environment())
+                                 stderr=subprocess.PIPE, env=child_limits.environment())
     except OSError as error:
         results[0] = Failure(f"template: cannot start the sandbox: {error.strerror or error}")
         return results

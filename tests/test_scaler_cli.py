@@ -166,8 +166,8 @@ def test_run_once_says_what_it_did_to_each_service_and_exits_0_when_all_went_wel
      r"taskqueue_queue_dept does not exist in Prometheus \(no series of that name was ever "
      r"stored: a typo, or a target or recording rule that is missing\)"),
     ("query rejected",
-     r"w: 1 \(unchanged, NoData\): rule backlog: prometheus returned a bad response for "
-     r'query .*: result type "matrix" is not supported; .*'),
+     r"w: 1 \(unchanged, NoData\): rule backlog: prometheus rejected query "
+     r"'sum\(taskqueue_queue_depth @ 1e20\)' \(bad_data\): .*timestamp out of bounds.*"),
     ("ecs unreachable",
      r"w: not read: cannot read the service, kind=unreachable: .*DescribeServices failed: "
      r"EndpointConnectionError.*"),
@@ -189,7 +189,9 @@ def test_run_once_exits_1_with_one_line_per_service_when_something_failed(once_w
     elif case == "metric misspelt":
         config = write(query='sum(taskqueue_queue_dept{queue="default"})')
     elif case == "query rejected":
-        config = write(query='taskqueue_queue_depth{queue="default"}[1m]')
+        # Valid PromQL (check-config refuses a range vector such as x[1m]), but not for
+        # Prometheus's bounds.
+        config = write(query="sum(taskqueue_queue_depth @ 1e20)")
     elif case == "ecs unreachable":
         config = write(backend=f"{{cluster: {CLUSTER}, service: {MOTO_SERVICE}, region: "
                                f"{REGION}, endpoint_url: 'http://127.0.0.1:{free_port()}'}}")

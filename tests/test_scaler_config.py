@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from scaler import child_limits, query_checks
 from scaler.config import (
     ConfigError,
     RestoreConfig,
@@ -703,3 +705,114 @@ def test_local_commands_and_ready_patterns_have_a_budget():
     assert errors_of(text) == [
         "services[0].backend.command: the local backend's commands and ready patterns pass "
         "65536 characters in all"]
+
+
+# --------------------------------------------------------------------------- PromQL checks
+
+OPERATORS = "+".join(["x"] * 999)  # valid; the parser takes about a tenth of a second
+
+
+def rules(*queries: str) -> str:
+    return "[" + ", ".join(f"{{type: expression, query: '{q}'}}" for q in queries) + "]"
+
+
+def test_queries_whose_checks_would_take_long_are_refused_within_a_bounded_time():
+    # 40 distinct queries of 999 operators: 5 s for the parser, and valid.
+    text = minimal(rules=rules(*(f"{OPERATORS}+y{i}" for i in range(40))))
+    started = time.monotonic()
+    errors = errors_of(text)
+    assert time.monotonic() - started < 2.0
+    assert len(errors) == 1 and re.fullmatch(
+        r"services\[0\]\.rules\[\d+\]\.query: (checking it as PromQL takes more than 0\.4 s of "
+        r"CPU time \(thousands of operators\?\)|the config's \d+ long queries before this one "
+        r"took most of the 0\.4 s of CPU time allowed to check them all)", errors[0]), errors
+
+
+def test_a_few_long_queries_are_checked_in_the_child_as_in_process(monkeypatch):
+    long_invalid = "sum(" + "x + " * 200 + ")"
+    queries = ["sum(x)", long_invalid, f"{OPERATORS}", "x[5m]", "x{a=~`(`}"]
+    text = minimal(rules=rules(*queries))
+    expected = [
+        "services[0].rules[1].query: not valid PromQL: invalid promql query (got 'sum(x + x + x "
+        "+ x + x + x + x + x + x + x + x + x + x + ...)",
+        "services[0].rules[3].query: not valid PromQL: returns a range vector, not one number "
+        "per series: wrap it in a function such as rate() or max_over_time() (got 'x[5m]')",
+        "services[0].rules[4].query: not valid PromQL: invalid regular expression '(': missing "
+        "closing ) (got 'x{a=~`(`}')"]
+    assert errors_of(text) == expected
+    monkeypatch.setattr(query_checks, "SHORT_QUERY", 0)  # every query in the child
+    assert errors_of(text) == expected
+
+
+def test_the_queries_of_a_config_have_a_size_limit():
+    items = ", ".join(f"q{i}" for i in range(70))
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]", backend=STAMPED_BACKEND,
+                   vars="{big: " + "y" * 60_000 + "}",
+                   rules="""[{type: expression, query: 'x{a="{{ item }}{{ big }}"}'}]""")
+    assert errors_of(text) == [
+        "services[0].rules[0].query: the config's queries pass the 4194304 characters "
+        "allowed in all"]
+
+
+def test_the_queries_of_a_config_have_a_limit_of_regular_expressions():
+    matchers = ",".join(['a=~"a"'] * 7000)
+    text = minimal(name='"w-{{ item }}"', for_each="[q1, q2, q3]", backend=STAMPED_BACKEND,
+                   rules=f"""[{{type: expression, query: 'x{{b="{{{{ item }}}}",{matchers}}}'}}]""")
+    assert errors_of(text) == [
+        "services[0].rules[0].query: the config's queries pass the 20000 regular expression "
+        "matchers (=~, !~) allowed in all"]
+
+
+@pytest.mark.parametrize("text", [
+    # Prometheus accepts these (promtool 2.42): raw strings have no escapes, and matchers
+    # are Go's regular expressions, not Rust's.
+    "'sum(taskqueue_queue_depth{queue=~`\\d+`})'",
+    """'sum(taskqueue_queue_depth{queue=~"\\\\w{1,255}"})'""",
+    """'sum(taskqueue_queue_depth{queue=~"\\\\Qa.b\\\\E"})'""",
+    "'x{" + ",".join(f'l{i}=~"\\\\w{{400}}"' for i in range(60)) + "}'",
+])
+def test_queries_prometheus_accepts_pass_quickly(text):
+    started = time.process_time()
+    assert len(parse_config(query(text), {}).services) == 1
+    assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize(("key", "value", "kind"), [
+    ("rules", "[{type: expression, query: 'x[5m]'}]", "a range vector"),
+    ("rules", "[{type: expression, query: 'sum(x)[5m:1m]'}]", "a range vector"),
+    ("rules", """[{type: expression, query: '"5"'}]""", "a string"),
+    ("scale_down_guard", "'(x[5m])'", "a range vector"),
+    ("activation_query", "'x[1h]'", "a range vector"),
+    ("health_query", "'x[1h]'", "a range vector"),
+    ("rules", "[{type: drain, query: x, throughput_query: 'x[5m]', drain_within: 5m}]",
+     "a range vector"),
+    ("rules", "[{type: drain, query: x, throughput: 1, arrival_query: 'x[5m]', "
+              "drain_within: 5m}]", "a range vector"),
+])
+def test_a_query_whose_result_a_rule_cannot_read_is_refused(key, value, kind):
+    errors = errors_of(minimal(**{key: value}))
+    assert len(errors) == 1 and f": not valid PromQL: returns {kind}" in errors[0], errors
+
+
+def test_short_queries_are_checked_without_a_child_process(monkeypatch):
+    def no_child(*args):
+        raise AssertionError("a child process started")
+
+    monkeypatch.setattr(query_checks, "_in_child", no_child)
+    text = minimal(rules=rules('sum(rate(x{a=~"b|c"}[5m])) / sum(y)', "x + 1"))
+    assert len(parse_config(text, {}).services[0].rules) == 2
+
+
+def test_what_the_templates_took_is_taken_from_the_time_to_check_queries(monkeypatch):
+    spent = iter([0.0, query_checks.CPU_SECONDS])  # before and after the templates
+    monkeypatch.setattr(child_limits, "children_cpu", lambda: next(spent))
+    text = minimal(rules=rules(*(f"{OPERATORS}+y{i}" for i in range(40))))
+    errors = errors_of(text)
+    assert len(errors) == 1 and "0.1 s of CPU time" in errors[0], errors
+
+
+def test_a_child_that_cannot_start_is_an_error_not_a_pass(monkeypatch):
+    monkeypatch.setattr(query_checks.sys, "executable", "/nonexistent/python")
+    assert errors_of(query(f"'{OPERATORS}'")) == [
+        "services[0].rules[0].query: cannot start the process that checks queries: No such "
+        "file or directory"]
