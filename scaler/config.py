@@ -35,7 +35,7 @@ from scaler.decision import (
 from scaler.lease import DEFAULT_NAME as DEFAULT_LEASE_NAME
 from scaler.lease import DYNAMODB_KEY_ATTRIBUTE, REDIS_SCHEMES, LeaseConfig, default_ttl
 from scaler.local import LocalBackend
-from scaler.prometheus import PrometheusSettings
+from scaler.prometheus import PrometheusSettings, show_url
 from scaler.rules import Drain, Expression, PerWorker, Threshold
 from scaler.template_sandbox import promql_string as promql_string
 
@@ -69,12 +69,25 @@ MAX_LOCAL_TEXT = 64 * 1024
 Selector = tuple[tuple[str, str], ...]
 
 
+# An error line's length at most: a message may quote a parser's, a key path 64 keys.
+MAX_ERROR_LINE = 500
+
+
+def one_line(text: str) -> str:
+    """`text` as one error line: every character that is not printable escaped as repr()
+    escapes it (a key or a value may hold a newline that would forge a line of its own,
+    or a terminal's escape sequence), at most MAX_ERROR_LINE characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_ERROR_LINE else text[:MAX_ERROR_LINE - 3] + "..."
+
+
 class ConfigError(ValueError):
-    """Every problem found in a config, one line each."""
+    """Every problem found in a config, one line each (one_line)."""
 
     def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
+        self.errors = [one_line(error) for error in errors]
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True)
@@ -265,7 +278,7 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def _selector(value: Any) -> Selector:
@@ -273,7 +286,7 @@ def _selector(value: Any) -> Selector:
         raise _Invalid(f"must map label names to values (got {_show(value)})")
     pairs = []
     for name, label_value in value.items():
-        if not isinstance(name, str) or not _LABEL_NAME.match(name):
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
             raise _Invalid(f"label name {_show(name)} is not a valid Prometheus label name")
         if not isinstance(label_value, str):
             # YAML has already turned 010 into 8 and 1.10 into 1.1: only a quoted value
@@ -302,16 +315,25 @@ def _ecs_service(value: Any) -> str:
 
 def _region(value: Any) -> str:
     text = _string(value)
-    if not ecs_names.REGION.match(text):
+    if not ecs_names.region(text):
         raise _Invalid(f"must be an AWS region like eu-west-1 (got {_show(text)})")
     return text
 
 
 def _endpoint(value: Any) -> str:
     text = _string(value)
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
-        raise _Invalid(f"must be an http:// or https:// URL (got {_show(text)})")
+    if not ecs_names.endpoint(text):
+        raise _Invalid(f"must be an http:// or https:// URL (got {_show_url(text)})")
     return text
+
+
+# http(s), any case, a host, and nothing a request line cannot hold.
+_HTTP_URL = re.compile(r"https?://[^/\s\x00-\x1f\x7f]+(/[^\s\x00-\x1f\x7f]*)?", re.IGNORECASE)
+
+
+def _show_url(text: str) -> str:
+    """A URL as in an error message: never its user, password, query or fragment."""
+    return _show(show_url(text))
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -621,13 +643,13 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
     if node is None:
         return None
     url = node.require("url", _string)
-    if url is not None and not re.match(r"^https?://[^/\s]+", url):
-        node.error("url", f"must be an http:// or https:// URL (got {_show(url)})")
+    if url is not None and not _HTTP_URL.fullmatch(url):
+        node.error("url", f"must be an http:// or https:// URL (got {_show_url(url)})")
     timeout = node.get("timeout", _duration, 10.0)
     node.at_least("timeout", timeout, 0, strict=True)
     node.no_longer("timeout", timeout, 600, "10m")
     headers = node.get("headers", _headers, {})
-    token_env = node.get("bearer_token_env", _string, None)
+    token_env = node.get("bearer_token_env", _env_name, None)
     token = None
     if token_env is not None:
         token = env.get(token_env)
@@ -647,12 +669,12 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
         return None
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _env_name(value: Any) -> str:
     text = _string(value)
-    if not _ENV_NAME.match(text):
+    if not _ENV_NAME.fullmatch(text):
         raise _Invalid(f"must be the name of an environment variable (got {_show(text)})")
     return text
 
@@ -670,7 +692,26 @@ def _lease_url(value: Any) -> str:
         raise _Invalid("holds a password: put the URL in an environment variable and name "
                        "the variable in url_env instead")
     if parts.scheme not in REDIS_SCHEMES or not hostname:
-        raise _Invalid(f"must be a redis:// or rediss:// URL (got {_show(text)})")
+        raise _Invalid(f"must be a redis:// or rediss:// URL (got {_show_url(text)})")
+    return text
+
+
+_TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+
+
+def _table(value: Any) -> str:
+    text = _string(value)
+    if not _TABLE.fullmatch(text):
+        raise _Invalid("must be a DynamoDB table name (3 to 255 letters, digits, _, - and .) "
+                       f"(got {_show(text)})")
+    return text
+
+
+def _attribute(value: Any) -> str:
+    text = _string(value)
+    if len(text.encode("utf-8", "surrogatepass")) > 255 or not text.isprintable():
+        raise _Invalid(f"must be a DynamoDB attribute name (up to 255 bytes, printable) "
+                       f"(got {_show(text)})")
     return text
 
 
@@ -693,10 +734,12 @@ def _lease(node: _Node | None, interval: float) -> LeaseConfig | None:
                 node.has_error("url") or node.has_error("url_env")):
             node.error("url_env", "set exactly one of url_env (a URL with a password) and url")
     elif kind == "dynamodb":
-        fields["table"] = node.require("table", _string)
-        fields["region"] = node.require("region", _string)
-        fields["endpoint_url"] = node.get("endpoint_url", _string, None)
-        fields["key_attribute"] = node.get("key_attribute", _string, DYNAMODB_KEY_ATTRIBUTE)
+        # Checked as boto3 checks them when the client is made, which `run` does only
+        # after check-config has passed.
+        fields["table"] = node.require("table", _table)
+        fields["region"] = node.require("region", _region)
+        fields["endpoint_url"] = node.get("endpoint_url", _endpoint, None)
+        fields["key_attribute"] = node.get("key_attribute", _attribute, DYNAMODB_KEY_ATTRIBUTE)
     if kind is not None:  # without a type, which keys belong is unknown
         node.check_unknown()
     if kind is None or node.error_count:
@@ -901,10 +944,23 @@ def _one_service_each(found: list[tuple[ServiceConfig, _Stamp]], report: _Report
                        f"its desired count{stamp.where()}")
 
 
+# A service's name is a label value of the scaler's metrics and a field of its log lines:
+# ASCII letters, digits and a little punctuation, no space, no control character.
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,254}")
+
+
+def _service_name(value: Any) -> str:
+    text = _string(value)
+    if not _SERVICE_NAME.fullmatch(text):
+        raise _Invalid("must be a name of up to 255 letters, digits and _ . : @ / + -, "
+                       f"starting with a letter or digit (got {_show(text)})")
+    return text
+
+
 def _service(node: _Node, health: str | None) -> ServiceConfig | None:
     node.get("vars", lambda v: v, None)
     node.get("for_each", lambda v: v, None)
-    name = node.require("name", _string)
+    name = node.require("name", _service_name)
     backend = _backend(node.child("backend", required=True))
     local = isinstance(backend, LocalBackend) or (
         backend is None and isinstance(node.data.get("backend"), Mapping)
@@ -973,7 +1029,7 @@ def _backend(node: _Node | None) -> EcsBackend | LocalBackend | None:
     named = ecs_names.service(service)
     assert in_cluster is not None and named is not None
     for key, arn in (("cluster", in_cluster), ("service", named)):
-        if arn.region is not None and arn.region != region:
+        if arn.region is not None and arn.region != region.lower():
             node.error(key, f"its ARN is in region {arn.region}, not {_show(region)}")
     if named.cluster is not None and named.cluster != in_cluster.name:
         node.error("service", f"its ARN is in cluster {named.cluster}, "
@@ -1015,17 +1071,33 @@ def _environment_map(value: Any) -> dict[str, str]:
         raise _Invalid("must map variable names to string values")
     for name, text in value.items():
         # What exec refuses: a name with "=" or NUL, a value with NUL.
-        if not _VARIABLE.match(name) or "\0" in str(text):
+        if not _VARIABLE.fullmatch(name) or "\0" in str(text):
             raise _Invalid(f"variable {_show(name)}: names are letters, digits and _, "
                            "values have no NUL character")
     return {k: str(v) for k, v in value.items()}
 
 
+# Python's re parses a group by recursion: thousands nested exhaust the stack.
+MAX_PATTERN_NESTING = 100
+# Escapes, classes and parentheses: enough to count how deep groups nest.
+_PATTERN_TOKENS = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*+\]|[()]", re.DOTALL)
+
+
 def _pattern(value: Any) -> str:
     text = _string(value)
+    depth = deepest = 0
+    for token in _PATTERN_TOKENS.finditer(text):
+        if token.group() == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token.group() == ")":
+            depth -= 1
+    if deepest > MAX_PATTERN_NESTING:
+        raise _Invalid(f"not a valid regular expression: groups nested more than "
+                       f"{MAX_PATTERN_NESTING} deep (got {_show(text)})")
     try:
         re.compile(text)
-    except re.error as error:
+    except (re.error, OverflowError, RecursionError, ValueError) as error:
         raise _Invalid(f"not a valid regular expression: {error} (got {_show(text)})") from None
     return text
 
@@ -1046,12 +1118,12 @@ def _local_backend(node: _Node) -> LocalBackend | None:
                         stop_timeout=stop_timeout, pass_env=pass_env)
 
 
-_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
-            isinstance(v, str) and _VARIABLE.match(v) for v in value):
+            isinstance(v, str) and _VARIABLE.fullmatch(v) for v in value):
         raise _Invalid(f"must be a list of environment variable names (got {_show(value)})")
     return tuple(value)
 

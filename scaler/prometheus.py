@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import ReadTimeoutError
@@ -48,14 +48,14 @@ class PrometheusSettings:
         # instead of looking like an outage on every cycle.
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            shown = _show_url(self.url)
+            shown = show_url(self.url)
             raise ValueError(f"prometheus url must be http(s)://host[:port][/path], got {shown!r}")
         if parts.query or parts.fragment:
             raise ValueError("prometheus url must not have a query string or fragment")
         try:
             _ = parts.port  # raises on a port that is not a number
         except ValueError:
-            raise ValueError(f"prometheus url has a bad port: {_show_url(self.url)!r}") from None
+            raise ValueError(f"prometheus url has a bad port: {show_url(self.url)!r}") from None
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ValueError(f"prometheus timeout must be a positive number, got {self.timeout}")
         if self.bearer_token is not None:
@@ -113,7 +113,7 @@ class PrometheusClient:
         self.settings = settings
         self._endpoint = settings.url.rstrip("/") + "/api/v1/query"
         self._range_endpoint = self._endpoint + "_range"
-        self._shown_url = _show_url(settings.url)
+        self._shown_url = show_url(settings.url)
         headers = dict(settings.headers)
         if settings.bearer_token is not None:
             headers["Authorization"] = f"Bearer {settings.bearer_token}"
@@ -277,7 +277,7 @@ class PrometheusClient:
             if error_text is not None:
                 message += f" {error_text}"
             elif 300 <= status < 400:
-                location = self._clean(_show_url(response.headers.get("Location", "")))
+                location = self._clean(show_url(response.headers.get("Location", "")))
                 message += f": redirected to {location or '(no Location)'}; set the url it names"
             raise QueryError("http", message, query=promql, status=status)
 
@@ -437,11 +437,19 @@ def _show_query(promql: str) -> str:
     return f"'{_one_line(promql, _QUERY_IN_MESSAGE)}'"
 
 
-def _show_url(url: str) -> str:
+def show_url(url: str) -> str:
     """The URL without user, password, query string or fragment (they may hold secrets)."""
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return _one_line(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 200)
+        # All before the last "@" may be a user and password, even where urlsplit reads
+        # part of it as the path (a password with a "/": `http://user:pa/ss@host`).
+        host, path = parts.netloc, parts.path
+        if "@" in path:
+            host, slash, path = (host + path).rpartition("@")[2].partition("/")
+            path = slash + path
+        prefix = f"{parts.scheme}:" if parts.scheme else ""
+        if parts.netloc or url[len(prefix):].startswith("//"):
+            prefix += "//"
+        return _one_line(prefix + host.rpartition("@")[2] + path, 200)
     except ValueError:
         return "(unparsable url)"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +126,11 @@ def test_templates_that_compute_share_one_cpu_budget_and_the_error_says_so():
         f"template: the config's {failed} templates before this one that compute (filters, "
         "expressions, statements) took most of the 0.4 s of CPU time they may have together")
     assert results[failed - 1] == f"q{failed - 1}"
+
+
+def test_jinja2_has_the_sandbox_fixes():
+    # Before 3.1.6 a sandboxed template could reach str.format or attr() and escape.
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "Jinja2>=3.1.6" in project["project"]["dependencies"]
+    installed = tuple(int(part) for part in metadata.version("Jinja2").split(".")[:3])
+    assert installed >= (3, 1, 6)
