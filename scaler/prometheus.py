@@ -14,11 +14,13 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import requests
-from urllib3.exceptions import ReadTimeoutError
+# requests is imported by the client, where queries are made: reading a config
+# (check-config, PrometheusSettings) needs none of it, and it takes 50 ms to import.
+if TYPE_CHECKING:
+    import requests
 
 QueryErrorKind = Literal["unreachable", "timeout", "http", "bad_response", "query"]
 
@@ -128,6 +130,8 @@ class PrometheusClient:
         # thread-safe and nothing here mutates the session (headers go with each request,
         # and Prometheus sets no cookies). Past the adapter's pool size (10 threads) extra
         # connections still work but are closed after use, with a urllib3 warning.
+        import requests
+
         self._session = session if session is not None else requests.Session()
 
     def close(self) -> None:
@@ -160,6 +164,8 @@ class PrometheusClient:
     def metric_names(self) -> frozenset[str]:
         """Every metric name Prometheus holds a series of (its `__name__` label values):
         a name missing here was never scraped or recorded."""
+        import requests
+
         shown = "'label __name__ values'"
         try:
             response = self._session.get(
@@ -212,6 +218,9 @@ class PrometheusClient:
     def _post(self, endpoint: str, form: Mapping[str, str], promql: str,
               shown: str) -> requests.Response:
         """The response to one API call; a failure to get one is a QueryError."""
+        import requests
+        from urllib3.exceptions import ReadTimeoutError
+
         try:
             # POST form, so a long query never meets a URL length limit. Redirects are not
             # followed: requests would turn a POST into a body-less GET (Prometheus then

@@ -45,6 +45,19 @@ def test_check_config_accepts_a_good_config(tmp_path):
     assert (result.returncode, result.stdout) == (0, f"{path}: ok, 1 services: w\n")
 
 
+def test_check_config_imports_no_client_library(tmp_path):
+    # boto3, requests, redis, the HTTP server and the simulation are a quarter of a second
+    # of imports: check-config needs none of them.
+    path = tmp_path / "scaler.yml"
+    path.write_text(CONFIG)
+    code = ("import sys; from scaler import cli; code = cli.main(['check-config', sys.argv[1]]);"
+            " print(code, sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'redis', "
+            "'requests', 'urllib3', 'prometheus_client', 'matplotlib', 's3transfer'}))")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.stdout.splitlines()[-1] == "0 []", result.stdout + result.stderr
+
+
 def test_check_config_reports_every_error_and_exits_2(tmp_path):
     path = tmp_path / "scaler.yml"
     path.write_text(CONFIG.replace("min: 1", "min: -1").replace("target: 10", "target: 0"))
