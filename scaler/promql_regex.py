@@ -41,6 +41,9 @@ _POSIX_CLASSES = frozenset({"alnum", "alpha", "ascii", "blank", "cntrl", "digit"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _OCTAL = frozenset("01234567")
 _FLAGS = re.compile(r"\?(?:[imsU]*+(?:-[imsU]++)?)[:)]")
+# Most matchers: literal names, or alternatives of them (`emails|default`), any character
+# but Go's operators and the backslash.
+_LITERAL_ALTERNATIVES = re.compile(r"[^\\\[\](){}|*+?^$]*+(?:\|[^\\\[\](){}|*+?^$]*+)*+")
 
 
 class RegexError(ValueError):
@@ -81,6 +84,8 @@ def check(value: str) -> bool:
     Prometheus parses the value, then compiles it anchored, `^(?:value)$`: the two differ
     only when a `\\Q` is never ended, as it takes the `)$` for literal text.
     """
+    if _LITERAL_ALTERNATIVES.fullmatch(value):
+        return "" in value.split("|")
     empty = _parse(value)
     if "\\Q" in value:
         _parse(f"^(?:{value})$")

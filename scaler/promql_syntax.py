@@ -10,8 +10,8 @@ left-to-right pass:
 - a raw string (`` `\\d+` ``) becomes the double-quoted string of the same value: the
   parser reads escapes in raw strings, which Prometheus does not;
 - a `=~` or `!~` value is checked here as Go's regexp reads it (scaler.promql_regex)
-  and replaced by a placeholder that matches the empty string when it does: the
-  parser would compile it with Rust's regex, slower and stricter than Go's.
+  and the matcher replaced by an `=` or `!=` one that matches the empty string when it
+  does: the parser would compile it with Rust's regex, slower and stricter than Go's.
 
 The parser's cost grows with the square of a query's operators (a query of 1,000 takes
 a tenth of a second): scaler.query_checks bounds what a whole config may cost.
@@ -37,10 +37,14 @@ MAX_MESSAGE = 200
 # never closed ends the scan; the parser says what is wrong with it).
 _TOKENS = re.compile(r"""
     (?P<code>[^"'`\#]++)
-  | (?P<quote>["'])(?P<text>(?:(?!(?P=quote))[^\\\n]|\\.)*+)(?P<end>(?P=quote))?
-  | `(?P<raw>[^`]*+)(?P<raw_end>`)?
+  | "(?P<double>(?:[^"\\\n]|\\.)*+)(?P<end>")?
+  | '(?P<single>(?:[^'\\\n]|\\.)*+)(?P<end2>')?
+  | `(?P<raw>[^`]*+)(?P<end3>`)?
   | \#[^\n]*+
 """, re.VERBOSE | re.DOTALL)
+# Quoted strings, each removed whole (a string never closed ends at its line, so that what
+# follows still counts): for a query with nothing to rewrite, in one C-speed pass.
+_QUOTED = re.compile(r""""(?:[^"\\\n]|\\.)*+"?|'(?:[^'\\\n]|\\.)*+'?""")
 # A label matcher list is flat: its `=`, `!=`, `=~` nest nothing.
 _MATCHERS = re.compile(r"\{[^{}]*+\}")
 _NESTING = re.compile(r"[-+*/%^(\[<>=!]|\b(?:and|or|unless|atan2)\b", re.IGNORECASE)
@@ -109,55 +113,83 @@ def _quoted(value: str) -> str:
                          for c in escaped) + '"'
 
 
-def prepare(query: str) -> str:
+def prepare(query: str, *, keep_regex_matchers: bool = False) -> str:
     """The query as the parser is to read it (see the module's docstring); ValueError,
     with the message check() gives, for a regular expression Prometheus refuses or a query
-    nested too deeply for the parser."""
+    nested too deeply for the parser.
+
+    A `=~` or `!~` matcher becomes `=` or `!=` a placeholder that matches the empty string
+    as the expression does (`a=~"x*"` is `a=""`, `a=~"x+"` is `a="x"`): the parser then
+    compiles no regular expression at all (even `.+` takes it 20 microseconds). With
+    `keep_regex_matchers` it stays a regular expression, `.*` or `.+`.
+    """
+    if "~" not in query and "`" not in query and "#" not in query:
+        # Nothing to rewrite (most queries): only the nesting to count.
+        _check_nesting(_QUOTED.sub("", query))
+        return query
     pieces: list[str] = []
     code: list[str] = []
-    after_regex_operator = False  # the last code read ends with =~ or !~
+    operator: tuple[int, int] | None = None  # the last code read ends with =~ or !~ here
     position = 0
     for token in _TOKENS.finditer(query):
         position = token.end()
-        if token["code"] is not None:
-            code.append(token["code"])
-            pieces.append(token["code"])
-            if token["code"].strip():
-                after_regex_operator = _REGEX_OPERATOR.search(token["code"]) is not None
+        kind = token.lastgroup
+        if kind == "code":
+            text = token["code"]
+            code.append(text)
+            pieces.append(text)
+            if text.strip():
+                found = _REGEX_OPERATOR.search(text)
+                operator = None if found is None else (len(pieces) - 1, found.start())
             continue
-        if token.lastgroup is None:  # a comment
+        if kind is None:  # a comment
             continue
         raw = token["raw"] is not None
-        if token["end" if not raw else "raw_end"] is None:
+        text = token["raw"] if raw else token["double"] if token["double"] is not None else (
+            token["single"])
+        if kind not in ("end", "end2", "end3"):  # the closing quote is the group matched last
             # Never closed: the parser says so. What follows still counts as nesting,
             # in case the parser reads on.
             pieces.append(query[token.start():])
             code.append(query[token.end():])
             position = len(query)
             break
-        value = token["raw"] if raw else _unquote(token["text"], token["quote"])
-        if value is not None and after_regex_operator:
+        value = text if raw else _unquote(text, token.group()[0])
+        if value is not None and operator is not None:
             try:
                 empty = promql_regex.check(value)
             except promql_regex.RegexError as error:
                 shown = repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
                 raise ValueError(f"invalid regular expression {shown}: {error}") from None
-            pieces.append('".*"' if empty else '".+"')
+            if keep_regex_matchers:
+                pieces.append('".*"' if empty else '".+"')
+            else:
+                index, at = operator
+                before = pieces[index]
+                negated = before[at] == "!"
+                pieces[index] = before[:at] + ("!=" if negated else "=") + before[at + 2:]
+                # `!~` matches the empty string when its expression does not.
+                pieces.append('""' if empty else '"x"')
         elif raw and value is not None:
             pieces.append(_quoted(value))
         else:
             pieces.append(token.group())
-        after_regex_operator = False
+        operator = None
     pieces.append(query[position:])
-    nesting = len(_NESTING.findall(_MATCHERS.sub("", "".join(code))))
-    if nesting > MAX_OPERATORS:
-        raise ValueError(f"more than {MAX_OPERATORS} operators and brackets, "
-                         "too deeply nested to check")
+    _check_nesting("".join(code))
     return "".join(pieces)
 
 
-def _parse(query: str) -> promql_parser.Expr:
-    prepared = prepare(query)
+def _check_nesting(code: str) -> None:
+    """ValueError when `code` (a query without its strings and comments) may nest deeper
+    than the parser can take."""
+    if len(_NESTING.findall(_MATCHERS.sub("", code))) > MAX_OPERATORS:
+        raise ValueError(f"more than {MAX_OPERATORS} operators and brackets, "
+                         "too deeply nested to check")
+
+
+def _parse(query: str, keep_regex_matchers: bool = False) -> promql_parser.Expr:
+    prepared = prepare(query, keep_regex_matchers=keep_regex_matchers)
     _parser()
     return promql_parser.parse(prepared)
 
@@ -210,7 +242,8 @@ def metric_names(query: str) -> frozenset[str]:
                              if m.name == "__name__" and m.op == promql_parser.MatchOp.Equal)
 
     try:
-        expression = _parse(query)
+        # A placeholder value would read as a metric's name.
+        expression = _parse(query, keep_regex_matchers=True)
     except ValueError as error:
         raise ValueError(short(str(error)) or "not valid") from None
     promql_parser.walk(expression, visit)

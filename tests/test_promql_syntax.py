@@ -81,15 +81,18 @@ def test_the_valid_table_is_valid_for_prometheus(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("query", "prepared"), [
-    ("sum(x{queue=~`\\d+`})", 'sum(x{queue=~".+"})'),
-    ("x{a=`\\d\"`}", 'x{a="\\\\d\\""}'),
-    ("x{a=`a\nb`}", 'x{a="a\\x0ab"}'),
-    ('{a=~"a*", b!~"b+"}', '{a=~".*", b!~".+"}'),
-    ('x{a="=~"} # `"', 'x{a="=~"} '),
+@pytest.mark.parametrize(("query", "prepared", "for_names"), [
+    ("sum(x{queue=~`\\d+`})", 'sum(x{queue="x"})', 'sum(x{queue=~".+"})'),
+    ("x{a=`\\d\"`}", 'x{a="\\\\d\\""}', 'x{a="\\\\d\\""}'),
+    ("x{a=`a\nb`}", 'x{a="a\\x0ab"}', 'x{a="a\\x0ab"}'),
+    ('{a=~"a*", b!~"b+"}', '{a="", b!="x"}', '{a=~".*", b!~".+"}'),
+    ("x{a=~'x', b!~ # c\n 'y*'}", 'x{a="x", b!= \n ""}', 'x{a=~".+", b!~ \n ".*"}'),
+    ('x{a="=~"} # `"', 'x{a="=~"} ', 'x{a="=~"} '),
 ])
-def test_raw_strings_and_matcher_expressions_are_prepared_for_the_parser(query, prepared):
+def test_raw_strings_and_matcher_expressions_are_prepared_for_the_parser(query, prepared,
+                                                                        for_names):
     assert promql_syntax.prepare(query) == prepared
+    assert promql_syntax.prepare(query, keep_regex_matchers=True) == for_names
 
 
 @pytest.mark.parametrize(("query", "problem"), [

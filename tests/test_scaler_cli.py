@@ -228,6 +228,9 @@ REFUSED = [
     "template: 'x' * 100000000", "template: nested loops of 100000",
     "template: range(100000)|join x3", "promql: unclosed parenthesis",
     "counts: max 10000000000 on ECS", "ecs: two services on one ECS service",
+    "promql: quadratic strings, 1 MiB (minutes before)", "promql: 270 queries of 60 KB (16 MiB)",
+    "yaml: nesting 2,280 deep through aliases (traceback before)",
+    "local: ready_pattern of 5,000 nested groups (traceback before)",
 ]
 
 
@@ -251,6 +254,13 @@ def test_run_backtest_and_simulate_refuse_the_same_configs(tmp_path, command):
     result = run(*command, str(path), timeout=20)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"taskqueue-scaler: {path}: {case.error}"]
+
+
+def test_check_config_accepts_regular_expressions_prometheus_accepts(tmp_path):
+    path = tmp_path / "scaler.yml"
+    path.write_text(config_bench.CASES["promql: 60 matchers =~ \\w{400} (10 s before)"].text)
+    result = run("check-config", str(path), timeout=20)
+    assert (result.returncode, result.stdout) == (0, f"{path}: ok, 1 services: w\n")
 
 
 def test_check_config_accepts_200_services(tmp_path):
