@@ -178,9 +178,30 @@ _SHOWN.maxtuple, _SHOWN.maxstring, _SHOWN.maxother = 6, 64, 64
 
 def _show(value: Any) -> str:
     """The value as in an error message: its repr, cut after 60 characters, in bounded time
-    (a value can be a megabyte string, or a list aliased a thousand times)."""
-    text = repr(value[:61]) if isinstance(value, str) else _SHOWN.repr(value)
+    (a value can be a megabyte string, or a list aliased a thousand times), and any URL's
+    user and password in it shown as *** (a command line may hold a broker's URL)."""
+    text = repr(_redacted(value)[:61]) if isinstance(value, str) else _SHOWN.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_SPACE = re.compile(r"\s")
+
+
+def _redacted(text: str) -> str:
+    """`text` with all before the last "@" of a URL (its user and password) as ***, for
+    the URLs that start where _show shows them: each token read once."""
+    if "@" not in text:
+        return text
+    parts = []
+    position = 0
+    while 0 <= (start := text.find("://", position)) < 64:
+        space = _SPACE.search(text, start)
+        end = len(text) if space is None else space.start()
+        at = text.rfind("@", start, end)
+        parts.append(text[position:start + 3] + ("***" if at >= 0 else text[start + 3:end]))
+        position = at if at >= 0 else end
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def _numeral(value: float) -> str:

@@ -1063,3 +1063,11 @@ def test_every_error_line_is_short():
     text = "prometheus: {url: 'http://p', bearer_token_env: " + "T" * 5000 + "}\nservices: []"
     (line,) = errors_of(text)
     assert line == ("prometheus.bearer_token_env: environment variable " + "T" * 5000)[:497] + "..."
+
+
+def test_a_value_shown_in_an_error_never_shows_a_urls_password():
+    command = "celery --broker redis://:s3cretPW@cache:6379/0 -A 'app worker"
+    errors = errors_of(minimal(backend=f'{{type: local, command: "{command}"}}'))
+    assert errors == ["services[0].backend.command: cannot split into arguments: No closing "
+                      "quotation (got \"celery --broker redis://***@cache:6379/0 -A 'app "
+                      "worker\")"]
