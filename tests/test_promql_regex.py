@@ -115,12 +115,13 @@ def test_the_tables_are_what_prometheus_says(tmp_path):
 
 
 @pytest.mark.parametrize("value", [
-    "(" * 200_000 + ")" * 200_000, "[" + "[:" * 200_000, "a*" * 200_000, "a|" * 200_000,
-    "[a-z]" * 100_000, "\\." * 200_000, "(?P<" * 100_000, "\\x{" * 100_000, "\\p{" * 100_000,
-    "(?" * 100_000, "a{1,2}" * 100_000,
+    "(" * 50_000 + ")" * 50_000, "[" + "[:" * 50_000, "a*" * 50_000, "a|" * 50_000,
+    "[a-z]" * 25_000, "\\." * 50_000, "(?P<" * 25_000, "\\x{" * 25_000, "\\p{" * 25_000,
+    "(?" * 25_000, "a{1,2}" * 25_000,
 ])
 def test_the_check_takes_linear_time(value):
     started = time.process_time()
     with contextlib.suppress(promql_regex.RegexError):
         promql_regex.check(value)
-    assert time.process_time() - started < 1.0
+    # About 1 microsecond a character; a quadratic check would take minutes.
+    assert time.process_time() - started < 0.5

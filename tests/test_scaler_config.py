@@ -874,7 +874,8 @@ def test_a_list_as_a_key_is_an_error_with_its_key_path():
 FUZZ_VALUES = [
     None, True, 0, -1, 2**70, 1.5, float("inf"), float("nan"), "", " ", "x", "a\nb", "\x00",
     "\x1b[31m", "9" * 400, "1e400", "5m", "2/min", "HTTPS://u:p@h:1/", "redis://:pw@h",
-    "{{ x }}", "{{ 1/0 }}", "{% for %}", "(", "a{99999999999}", "eu-west-1", "x[5m]",
+    # Templates that compute are tested apart: each starts the sandbox.
+    "{{ x }}", "(", "a{99999999999}", "eu-west-1", "x[5m]",
     'x{a=~"("}', [], [1], [[1]], {}, {"a": 1}, {1: 2}, {None: 1}, b"\xff",
     {"type": "ecs"}, {"type": "local"}, {"type": "dynamodb"}, {"type": "redis"},
 ]
@@ -921,7 +922,7 @@ def test_random_configs_are_refused_with_error_lines_never_anything_else():
 
     import yaml
 
-    for seed in range(300):
+    for seed in range(1000):
         text = yaml.safe_dump(fuzz_mapping(random.Random(seed), "root"), allow_unicode=True)
         try:
             parse_config(text, {})
