@@ -13,24 +13,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
-from prometheus_client import CollectorRegistry
-from requests.adapters import HTTPAdapter
-
-from exporter import server
-from exporter.redaction import configure_logging, secrets_of_url
-from scaler.config import ConfigError, ScalerConfig, load_config
-from scaler.cycle import Fleet, Outcome, Scaler
-from scaler.ecs import ecs_client
-from scaler.lease import LeaseError, build_lease
-from scaler.metrics import ScalerCollector
-from scaler.prometheus import PrometheusClient
-from scaler.restore import log_restored, restore
+# What check-config needs, and the commands' options; the rest (boto3, requests, the
+# HTTP server, the loop) is imported by the command that uses it: check-config answers
+# within a second, most of it Python's start-up.
+from scaler.config import ConfigError, load_config
 from scaler.simulation import backtest
 from scaler.simulation import command as simulate_command
+
+if TYPE_CHECKING:
+    import requests
+
+    from scaler.config import ScalerConfig
+    from scaler.cycle import Outcome
 
 PROG = "taskqueue-scaler"
 EXIT_USAGE = 2
@@ -89,6 +86,9 @@ def _config_errors(path: str, error: ConfigError) -> int:
 
 
 def _session(config: ScalerConfig) -> requests.Session:
+    import requests
+    from requests.adapters import HTTPAdapter
+
     # One pooled connection per concurrent query, kept alive between cycles.
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.concurrency)
@@ -99,6 +99,8 @@ def _session(config: ScalerConfig) -> requests.Session:
 
 def _backtest(args: argparse.Namespace, config: ScalerConfig) -> int:
     """Exit 2 for a bad option, 1 when Prometheus cannot answer: one line either way."""
+    from scaler.prometheus import PrometheusClient
+
     try:
         start, end = backtest.parse_range(args.start, args.end, time.time())
         step = backtest.parse_step(args.step, config.interval)
@@ -160,6 +162,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _backtest(args, config)
     if args.command == "simulate":
         return simulate_command.run(args, config)
+
+    from prometheus_client import CollectorRegistry
+
+    from exporter import server
+    from exporter.redaction import configure_logging, secrets_of_url
+    from scaler.cycle import Fleet, Scaler
+    from scaler.ecs import ecs_client
+    from scaler.lease import LeaseError, build_lease
+    from scaler.metrics import ScalerCollector
+    from scaler.prometheus import PrometheusClient
+    from scaler.restore import log_restored, restore
 
     lease_url = (environ.get(config.lease.url_env or "", "") or config.lease.url or ""
                  if config.lease is not None else "")

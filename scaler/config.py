@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from exporter import metric_names
-from scaler import ecs_names, promql_syntax, templates, yaml_document
+from scaler import child_limits, ecs_names, query_checks, templates, yaml_document
 from scaler.decision import (
     Behavior,
     Direction,
@@ -35,7 +35,7 @@ from scaler.decision import (
 from scaler.lease import DEFAULT_NAME as DEFAULT_LEASE_NAME
 from scaler.lease import DYNAMODB_KEY_ATTRIBUTE, REDIS_SCHEMES, LeaseConfig, default_ttl
 from scaler.local import LocalBackend
-from scaler.prometheus import PrometheusSettings
+from scaler.prometheus import PrometheusSettings, show_url
 from scaler.rules import Drain, Expression, PerWorker, Threshold
 from scaler.template_sandbox import promql_string as promql_string
 
@@ -69,12 +69,25 @@ MAX_LOCAL_TEXT = 64 * 1024
 Selector = tuple[tuple[str, str], ...]
 
 
+# An error line's length at most: a message may quote a parser's, a key path 64 keys.
+MAX_ERROR_LINE = 500
+
+
+def one_line(text: str) -> str:
+    """`text` as one error line: every character that is not printable escaped as repr()
+    escapes it (a key or a value may hold a newline that would forge a line of its own,
+    or a terminal's escape sequence), at most MAX_ERROR_LINE characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_ERROR_LINE else text[:MAX_ERROR_LINE - 3] + "..."
+
+
 class ConfigError(ValueError):
-    """Every problem found in a config, one line each."""
+    """Every problem found in a config, one line each (one_line)."""
 
     def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
+        self.errors = [one_line(error) for error in errors]
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True)
@@ -165,9 +178,30 @@ _SHOWN.maxtuple, _SHOWN.maxstring, _SHOWN.maxother = 6, 64, 64
 
 def _show(value: Any) -> str:
     """The value as in an error message: its repr, cut after 60 characters, in bounded time
-    (a value can be a megabyte string, or a list aliased a thousand times)."""
-    text = repr(value[:61]) if isinstance(value, str) else _SHOWN.repr(value)
+    (a value can be a megabyte string, or a list aliased a thousand times), and any URL's
+    user and password in it shown as *** (a command line may hold a broker's URL)."""
+    text = repr(_redacted(value)[:61]) if isinstance(value, str) else _SHOWN.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_SPACE = re.compile(r"\s")
+
+
+def _redacted(text: str) -> str:
+    """`text` with all before the last "@" of a URL (its user and password) as ***, for
+    the URLs that start where _show shows them: each token read once."""
+    if "@" not in text:
+        return text
+    parts = []
+    position = 0
+    while 0 <= (start := text.find("://", position)) < 64:
+        space = _SPACE.search(text, start)
+        end = len(text) if space is None else space.start()
+        at = text.rfind("@", start, end)
+        parts.append(text[position:start + 3] + ("***" if at >= 0 else text[start + 3:end]))
+        position = at if at >= 0 else end
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def _numeral(value: float) -> str:
@@ -265,7 +299,7 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def _selector(value: Any) -> Selector:
@@ -273,7 +307,7 @@ def _selector(value: Any) -> Selector:
         raise _Invalid(f"must map label names to values (got {_show(value)})")
     pairs = []
     for name, label_value in value.items():
-        if not isinstance(name, str) or not _LABEL_NAME.match(name):
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
             raise _Invalid(f"label name {_show(name)} is not a valid Prometheus label name")
         if not isinstance(label_value, str):
             # YAML has already turned 010 into 8 and 1.10 into 1.1: only a quoted value
@@ -302,16 +336,25 @@ def _ecs_service(value: Any) -> str:
 
 def _region(value: Any) -> str:
     text = _string(value)
-    if not ecs_names.REGION.match(text):
+    if not ecs_names.region(text):
         raise _Invalid(f"must be an AWS region like eu-west-1 (got {_show(text)})")
     return text
 
 
 def _endpoint(value: Any) -> str:
     text = _string(value)
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
-        raise _Invalid(f"must be an http:// or https:// URL (got {_show(text)})")
+    if not ecs_names.endpoint(text):
+        raise _Invalid(f"must be an http:// or https:// URL (got {_show_url(text)})")
     return text
+
+
+# http(s), any case, a host, and nothing a request line cannot hold.
+_HTTP_URL = re.compile(r"https?://[^/\s\x00-\x1f\x7f]+(/[^\s\x00-\x1f\x7f]*)?", re.IGNORECASE)
+
+
+def _show_url(text: str) -> str:
+    """A URL as in an error message: never its user, password, query or fragment."""
+    return _show(show_url(text))
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -326,25 +369,53 @@ def _choice(*options: str) -> Callable[[Any], str]:
 # --------------------------------------------------------------------------- reader
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A query's place in the list of errors, until every query of the config is checked."""
+
+    key: str
+    query: query_checks.Query
+    # Its error line's message once found invalid; None: "not valid PromQL: ...".
+    invalid: str | None = None
+
+
 class _Report:
     """Every error of one config, each once, in the order found."""
 
     def __init__(self) -> None:
-        self.errors: list[str] = []
+        self._entries: list[str | _Pending] = []
         self._seen: set[str] = set()
         self.keys: set[str] = set()  # key paths with an error
-        self._queries: dict[str, str | None] = {}  # each query text parsed once
+        self._queries: dict[query_checks.Query, None] = {}  # each checked once, in order
         self.local_text_left = MAX_LOCAL_TEXT
 
-    def query(self, value: Any) -> str:
-        """A PromQL query, its syntax checked offline (a converter for _Node.get)."""
-        text = _string(value)
-        if text not in self._queries:
-            self._queries[text] = promql_syntax.check(text)
-        problem = self._queries[text]
-        if problem is not None:
-            raise _Invalid(f"not valid PromQL: {problem} (got {_show(text)})")
-        return text
+    def defer(self, key: str, query: query_checks.Query, invalid: str | None = None) -> None:
+        """`query` is checked with all the config's others, by finish(); its error, if
+        any, takes this place in the list."""
+        self._queries[query] = None
+        self._entries.append(_Pending(key, query, invalid))
+
+    def finish(self, cpu_seconds: float) -> list[str]:
+        """Every error, the queries' included."""
+        queries = list(self._queries)
+        results = dict(zip(queries, query_checks.check_all(queries, cpu_seconds), strict=True))
+        errors: list[str] = []
+        seen: set[str] = set()
+        for entry in self._entries:
+            if isinstance(entry, _Pending):
+                result = results[entry.query]
+                if isinstance(result, query_checks.Invalid):
+                    message = entry.invalid or (f"not valid PromQL: {result.problem} "
+                                                f"(got {_show(entry.query.text)})")
+                elif isinstance(result, query_checks.Refused) and result.reason:
+                    message = result.reason
+                else:
+                    continue
+                entry = f"{entry.key}: {message}"
+            if entry not in seen:
+                seen.add(entry)
+                errors.append(entry)
+        return errors
 
     def local_text(self, convert: Callable[[Any], T]) -> Callable[[Any], T]:
         """`convert`, within what is left of MAX_LOCAL_TEXT."""
@@ -363,7 +434,7 @@ class _Report:
         entry = f"{key}: {message}" if key else message
         if entry not in self._seen:
             self._seen.add(entry)
-            self.errors.append(entry)
+            self._entries.append(entry)
         self.keys.add(key)
 
 
@@ -425,6 +496,25 @@ class _Node:
         except _Invalid as problem:
             self.error(name, str(problem))
             return None
+
+    def query(self, name: str, default: str | None = None, *, required: bool = False,
+              false_is_none: bool = False) -> str | None:
+        """A PromQL query whose result a rule can read; checked as PromQL with the config's
+        other queries (_Report.defer). `false_is_none`: false is no query."""
+        value = self._value(name)
+        if value is None:
+            if required and self.key(name) not in self.failed:
+                self.error(name, "required")
+            return default
+        if false_is_none and value is False:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            expected = "a PromQL query, or false for none" if false_is_none else (
+                "a non-empty string")
+            self.error(name, f"must be {expected} (got {_show(value)})")
+            return default
+        self.report.defer(self.key(name), query_checks.Query(value, instant=True))
+        return value
 
     def child(self, name: str, required: bool = False) -> _Node | None:
         self.used.add(name)
@@ -505,6 +595,9 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     if not isinstance(document, Mapping):
         raise ConfigError(["the config must be a YAML mapping with prometheus and services"])
     report = _Report()
+    # The template sandbox's CPU time is taken from what checking the queries may have:
+    # a config whose templates and queries both compute is refused as fast as either.
+    children_before = child_limits.children_cpu()
     root = _Node(document, "", report)
     prometheus = _prometheus(root.child("prometheus", required=True), env)
     interval = root.get("interval", _duration, 15.0)
@@ -519,7 +612,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
     port = root.get("port", _integer, DEFAULT_PORT)
     if not 0 <= port <= 65535:
         root.error("port", f"must be between 0 and 65535 (got {port})")
-    health = root.get("health_query", _health_query(report), DEFAULT_HEALTH_QUERY)
+    health = root.query("health_query", DEFAULT_HEALTH_QUERY, false_is_none=True)
     restore = _restore(root.child("restore"))
     lease = _lease(root.child("lease"), interval)
     nodes = root.items("services")
@@ -534,34 +627,25 @@ def parse_config(text: str, env: Mapping[str, str]) -> ScalerConfig:
         seen.add(service.name)
     _one_service_each(found, report)
     root.check_unknown()
-    if report.errors:
-        raise ConfigError(report.errors)
+    templates_cpu = child_limits.children_cpu() - children_before
+    errors = report.finish(query_checks.CPU_SECONDS - templates_cpu)
+    if errors:
+        raise ConfigError(errors)
     assert prometheus is not None
     return ScalerConfig(prometheus=prometheus, services=tuple(services), interval=interval,
                         concurrency=concurrency, listen_address=listen_address, port=port,
                         restore=restore or RestoreConfig(), lease=lease)
 
 
-def _health_query(report: _Report) -> Callable[[Any], str | None]:
-    """A converter: a query (its syntax checked), or false for none."""
-
-    def convert(value: Any) -> str | None:
-        if value is False:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise _Invalid(f"must be a PromQL query, or false for none (got {_show(value)})")
-        return report.query(value)
-
-    return convert
-
-
 def _matchers(value: Any) -> str:
-    """PromQL label matchers, checked by parsing them on a selector."""
+    """PromQL label matchers (checked as PromQL on a selector, by _restore)."""
     text = _string(value).strip().rstrip(",")
-    if "{" in text or "}" in text or promql_syntax.check(f"x{{{text}}}") is not None:
-        raise _Invalid('must be PromQL label matchers like job="taskqueue-scaler" '
-                       f"(got {_show(value)})")
+    if "{" in text or "}" in text:
+        raise _Invalid(_MATCHERS_EXPECTED.format(_show(value)))
     return text
+
+
+_MATCHERS_EXPECTED = 'must be PromQL label matchers like job="taskqueue-scaler" (got {})'
 
 
 def _restore(node: _Node | None) -> RestoreConfig | None:
@@ -569,6 +653,9 @@ def _restore(node: _Node | None) -> RestoreConfig | None:
         return None
     enabled = node.get("enabled", _boolean, True)
     matchers = node.get("matchers", _matchers, "")
+    if matchers:
+        node.report.defer(node.key("matchers"), query_checks.Query(f"x{{{matchers}}}", False),
+                          _MATCHERS_EXPECTED.format(_show(node.data["matchers"])))
     node.check_unknown()
     return RestoreConfig(enabled=enabled, matchers=matchers)
 
@@ -577,13 +664,13 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
     if node is None:
         return None
     url = node.require("url", _string)
-    if url is not None and not re.match(r"^https?://[^/\s]+", url):
-        node.error("url", f"must be an http:// or https:// URL (got {_show(url)})")
+    if url is not None and not _HTTP_URL.fullmatch(url):
+        node.error("url", f"must be an http:// or https:// URL (got {_show_url(url)})")
     timeout = node.get("timeout", _duration, 10.0)
     node.at_least("timeout", timeout, 0, strict=True)
     node.no_longer("timeout", timeout, 600, "10m")
     headers = node.get("headers", _headers, {})
-    token_env = node.get("bearer_token_env", _string, None)
+    token_env = node.get("bearer_token_env", _env_name, None)
     token = None
     if token_env is not None:
         token = env.get(token_env)
@@ -603,12 +690,12 @@ def _prometheus(node: _Node | None, env: Mapping[str, str]) -> PrometheusSetting
         return None
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _env_name(value: Any) -> str:
     text = _string(value)
-    if not _ENV_NAME.match(text):
+    if not _ENV_NAME.fullmatch(text):
         raise _Invalid(f"must be the name of an environment variable (got {_show(text)})")
     return text
 
@@ -626,7 +713,26 @@ def _lease_url(value: Any) -> str:
         raise _Invalid("holds a password: put the URL in an environment variable and name "
                        "the variable in url_env instead")
     if parts.scheme not in REDIS_SCHEMES or not hostname:
-        raise _Invalid(f"must be a redis:// or rediss:// URL (got {_show(text)})")
+        raise _Invalid(f"must be a redis:// or rediss:// URL (got {_show_url(text)})")
+    return text
+
+
+_TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+
+
+def _table(value: Any) -> str:
+    text = _string(value)
+    if not _TABLE.fullmatch(text):
+        raise _Invalid("must be a DynamoDB table name (3 to 255 letters, digits, _, - and .) "
+                       f"(got {_show(text)})")
+    return text
+
+
+def _attribute(value: Any) -> str:
+    text = _string(value)
+    if len(text.encode("utf-8", "surrogatepass")) > 255 or not text.isprintable():
+        raise _Invalid(f"must be a DynamoDB attribute name (up to 255 bytes, printable) "
+                       f"(got {_show(text)})")
     return text
 
 
@@ -649,10 +755,12 @@ def _lease(node: _Node | None, interval: float) -> LeaseConfig | None:
                 node.has_error("url") or node.has_error("url_env")):
             node.error("url_env", "set exactly one of url_env (a URL with a password) and url")
     elif kind == "dynamodb":
-        fields["table"] = node.require("table", _string)
-        fields["region"] = node.require("region", _string)
-        fields["endpoint_url"] = node.get("endpoint_url", _string, None)
-        fields["key_attribute"] = node.get("key_attribute", _string, DYNAMODB_KEY_ATTRIBUTE)
+        # Checked as boto3 checks them when the client is made, which `run` does only
+        # after check-config has passed.
+        fields["table"] = node.require("table", _table)
+        fields["region"] = node.require("region", _region)
+        fields["endpoint_url"] = node.get("endpoint_url", _endpoint, None)
+        fields["key_attribute"] = node.get("key_attribute", _attribute, DYNAMODB_KEY_ATTRIBUTE)
     if kind is not None:  # without a type, which keys belong is unknown
         node.check_unknown()
     if kind is None or node.error_count:
@@ -857,10 +965,23 @@ def _one_service_each(found: list[tuple[ServiceConfig, _Stamp]], report: _Report
                        f"its desired count{stamp.where()}")
 
 
+# A service's name is a label value of the scaler's metrics and a field of its log lines:
+# ASCII letters, digits and a little punctuation, no space, no control character.
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,254}")
+
+
+def _service_name(value: Any) -> str:
+    text = _string(value)
+    if not _SERVICE_NAME.fullmatch(text):
+        raise _Invalid("must be a name of up to 255 letters, digits and _ . : @ / + -, "
+                       f"starting with a letter or digit (got {_show(text)})")
+    return text
+
+
 def _service(node: _Node, health: str | None) -> ServiceConfig | None:
     node.get("vars", lambda v: v, None)
     node.get("for_each", lambda v: v, None)
-    name = node.require("name", _string)
+    name = node.require("name", _service_name)
     backend = _backend(node.child("backend", required=True))
     local = isinstance(backend, LocalBackend) or (
         backend is None and isinstance(node.data.get("backend"), Mapping)
@@ -890,11 +1011,11 @@ def _service(node: _Node, health: str | None) -> ServiceConfig | None:
     rules = tuple(r for r in (_rule(n, i, selector) for i, n in enumerate(rule_nodes)) if r)
     if node.data.get("rules") is None or node.data.get("rules") == []:
         node.error("rules", "at least one rule is required")
-    activation = node.get("activation_query", node.report.query, None)
+    activation = node.query("activation_query")
     if activation is not None and low not in (0, None):
         node.error("activation_query", f"only applies when min is 0 (min is {low})")
-    guard = node.get("scale_down_guard", node.report.query, None)
-    health = node.get("health_query", _health_query(node.report), health)
+    guard = node.query("scale_down_guard")
+    health = node.query("health_query", health, false_is_none=True)
     behavior = _behavior(node.child("behavior"))
     node.check_unknown()
     # A service with errors is dropped here; parse_config reports them all.
@@ -929,7 +1050,7 @@ def _backend(node: _Node | None) -> EcsBackend | LocalBackend | None:
     named = ecs_names.service(service)
     assert in_cluster is not None and named is not None
     for key, arn in (("cluster", in_cluster), ("service", named)):
-        if arn.region is not None and arn.region != region:
+        if arn.region is not None and arn.region != region.lower():
             node.error(key, f"its ARN is in region {arn.region}, not {_show(region)}")
     if named.cluster is not None and named.cluster != in_cluster.name:
         node.error("service", f"its ARN is in cluster {named.cluster}, "
@@ -971,17 +1092,33 @@ def _environment_map(value: Any) -> dict[str, str]:
         raise _Invalid("must map variable names to string values")
     for name, text in value.items():
         # What exec refuses: a name with "=" or NUL, a value with NUL.
-        if not _VARIABLE.match(name) or "\0" in str(text):
+        if not _VARIABLE.fullmatch(name) or "\0" in str(text):
             raise _Invalid(f"variable {_show(name)}: names are letters, digits and _, "
                            "values have no NUL character")
     return {k: str(v) for k, v in value.items()}
 
 
+# Python's re parses a group by recursion: thousands nested exhaust the stack.
+MAX_PATTERN_NESTING = 100
+# Escapes, classes and parentheses: enough to count how deep groups nest.
+_PATTERN_TOKENS = re.compile(r"\\.|\[\^?\]?(?:\\.|[^\]\\])*+\]|[()]", re.DOTALL)
+
+
 def _pattern(value: Any) -> str:
     text = _string(value)
+    depth = deepest = 0
+    for token in _PATTERN_TOKENS.finditer(text):
+        if token.group() == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token.group() == ")":
+            depth -= 1
+    if deepest > MAX_PATTERN_NESTING:
+        raise _Invalid(f"not a valid regular expression: groups nested more than "
+                       f"{MAX_PATTERN_NESTING} deep (got {_show(text)})")
     try:
         re.compile(text)
-    except re.error as error:
+    except (re.error, OverflowError, RecursionError, ValueError) as error:
         raise _Invalid(f"not a valid regular expression: {error} (got {_show(text)})") from None
     return text
 
@@ -1002,12 +1139,12 @@ def _local_backend(node: _Node) -> LocalBackend | None:
                         stop_timeout=stop_timeout, pass_env=pass_env)
 
 
-_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
-            isinstance(v, str) and _VARIABLE.match(v) for v in value):
+            isinstance(v, str) and _VARIABLE.fullmatch(v) for v in value):
         raise _Invalid(f"must be a list of environment variable names (got {_show(value)})")
     return tuple(value)
 
@@ -1015,7 +1152,7 @@ def _names(value: Any) -> tuple[str, ...]:
 def _rule(node: _Node, index: int, service_selector: Selector) -> RuleConfig | None:
     kind = node.require("type", _choice(*RULE_KINDS))
     name = node.get("name", _string, f"{kind or 'rule'}-{index}")
-    query = node.require("query", node.report.query)
+    query = node.query("query", required=True)
     # The rule's own match_labels replace the service's; {} reads every series.
     selector = node.get("match_labels", _selector, service_selector)
     aggregate = node.get("aggregate", _choice("sum", "max"), None)
@@ -1056,11 +1193,11 @@ def _drain(node: _Node) -> tuple[Drain | None, dict[str, Any]]:
     if throughput is not None and throughput > 0:
         node.at_least("throughput", throughput, 1e-6)  # tasks/s: 0.0036/h
         node.at_most("throughput", throughput, 1e6)
-    throughput_query = node.get("throughput_query", node.report.query, None)
+    throughput_query = node.query("throughput_query")
     if (throughput is None) == (throughput_query is None) and not node.has_error("throughput") \
             and not node.has_error("throughput_query"):
         node.error("throughput", "set exactly one of throughput and throughput_query")
-    arrival_query = node.get("arrival_query", node.report.query, None)
+    arrival_query = node.query("arrival_query")
     if within is None or node.error_count:
         return None, {}
     return Drain(within, startup), {"throughput": throughput, "throughput_query":

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
-import boto3
-from botocore.config import Config
+# boto3 is imported where a client is made: reading a config (check-config) needs none,
+# and boto3 takes a tenth of a second to import.
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -141,6 +141,9 @@ def ecs_client(
     scaling round that hangs on one region would delay decisions for every other service;
     a missed round is retried on the next tick anyway.
     """
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         # Not "max_attempts": in a botocore Config that key counts retries only, so 3 there
         # means 4 calls, unlike AWS_MAX_ATTEMPTS and the AWS docs' standard mode.

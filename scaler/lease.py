@@ -24,12 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
-import boto3
-import redis
-from botocore.config import Config
+# boto3 and redis are imported where a client is made: reading a config (check-config)
+# needs neither, and they take a quarter of a second to import.
 from botocore.exceptions import ClientError
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from exporter.redaction import secrets_of_url
 
@@ -305,11 +302,15 @@ def _dynamodb_error(error: Exception) -> str:
 
 def build_lease(config: LeaseConfig, env: Mapping[str, str],
                 identity: str | None = None) -> Lease:
-    """The lease the config asks for, with a client of its own; LeaseError if it cannot be."""
+    """The lease the config asks for, with a client of its own; LeaseError if it cannot be
+    (whatever the client library raised, in one line without secrets)."""
     if config.kind == "redis":
         return _redis_lease(config, env, identity)
-    return DynamoDbLease(dynamodb_client(config.region or "", config.endpoint_url),
-                         config.table or "", config.name, config.ttl, identity,
+    try:
+        client = dynamodb_client(config.region or "", config.endpoint_url)
+    except Exception as error:  # botocore: InvalidRegionError, ValueError (endpoint)...
+        raise LeaseError(f"dynamodb: cannot make a client: {_describe(error)}") from None
+    return DynamoDbLease(client, config.table or "", config.name, config.ttl, identity,
                          key_attribute=config.key_attribute)
 
 
@@ -328,6 +329,10 @@ def _redis_lease(config: LeaseConfig, env: Mapping[str, str],
     if scheme not in REDIS_SCHEMES:
         # Not the URL itself: it may hold a password.
         raise LeaseError(f"{where} must be a redis:// or rediss:// URL (got scheme {scheme!r})")
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     try:
         client = redis.Redis.from_url(
             url, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT,
@@ -335,14 +340,17 @@ def _redis_lease(config: LeaseConfig, env: Mapping[str, str],
             # hold the loop for longer than the lease's safety margin.
             retry=Retry(NoBackoff(), 1),
         )
-    except ValueError as error:
-        raise LeaseError(f"{where}: not a valid Redis URL: {_one_line(str(error), hidden)}"
+    except Exception as error:
+        raise LeaseError(f"{where}: not a valid Redis URL: {_describe(error, hidden)}"
                          ) from None
     return RedisLease(client, config.name, config.ttl, identity, hidden=hidden)
 
 
 def dynamodb_client(region: str, endpoint_url: str | None = None) -> Any:
     """A boto3 DynamoDB client from a session of its own, with short timeouts."""
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         # total_max_attempts counts the first call too: two calls at most.
         retries={"mode": "standard", "total_max_attempts": 2},

@@ -14,11 +14,13 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
-import requests
-from urllib3.exceptions import ReadTimeoutError
+# requests is imported by the client, where queries are made: reading a config
+# (check-config, PrometheusSettings) needs none of it, and it takes 50 ms to import.
+if TYPE_CHECKING:
+    import requests
 
 QueryErrorKind = Literal["unreachable", "timeout", "http", "bad_response", "query"]
 
@@ -48,14 +50,14 @@ class PrometheusSettings:
         # instead of looking like an outage on every cycle.
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            shown = _show_url(self.url)
+            shown = show_url(self.url)
             raise ValueError(f"prometheus url must be http(s)://host[:port][/path], got {shown!r}")
         if parts.query or parts.fragment:
             raise ValueError("prometheus url must not have a query string or fragment")
         try:
             _ = parts.port  # raises on a port that is not a number
         except ValueError:
-            raise ValueError(f"prometheus url has a bad port: {_show_url(self.url)!r}") from None
+            raise ValueError(f"prometheus url has a bad port: {show_url(self.url)!r}") from None
         if not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ValueError(f"prometheus timeout must be a positive number, got {self.timeout}")
         if self.bearer_token is not None:
@@ -113,7 +115,7 @@ class PrometheusClient:
         self.settings = settings
         self._endpoint = settings.url.rstrip("/") + "/api/v1/query"
         self._range_endpoint = self._endpoint + "_range"
-        self._shown_url = _show_url(settings.url)
+        self._shown_url = show_url(settings.url)
         headers = dict(settings.headers)
         if settings.bearer_token is not None:
             headers["Authorization"] = f"Bearer {settings.bearer_token}"
@@ -128,6 +130,8 @@ class PrometheusClient:
         # thread-safe and nothing here mutates the session (headers go with each request,
         # and Prometheus sets no cookies). Past the adapter's pool size (10 threads) extra
         # connections still work but are closed after use, with a urllib3 warning.
+        import requests
+
         self._session = session if session is not None else requests.Session()
 
     def close(self) -> None:
@@ -160,6 +164,8 @@ class PrometheusClient:
     def metric_names(self) -> frozenset[str]:
         """Every metric name Prometheus holds a series of (its `__name__` label values):
         a name missing here was never scraped or recorded."""
+        import requests
+
         shown = "'label __name__ values'"
         try:
             response = self._session.get(
@@ -212,6 +218,9 @@ class PrometheusClient:
     def _post(self, endpoint: str, form: Mapping[str, str], promql: str,
               shown: str) -> requests.Response:
         """The response to one API call; a failure to get one is a QueryError."""
+        import requests
+        from urllib3.exceptions import ReadTimeoutError
+
         try:
             # POST form, so a long query never meets a URL length limit. Redirects are not
             # followed: requests would turn a POST into a body-less GET (Prometheus then
@@ -277,7 +286,7 @@ class PrometheusClient:
             if error_text is not None:
                 message += f" {error_text}"
             elif 300 <= status < 400:
-                location = self._clean(_show_url(response.headers.get("Location", "")))
+                location = self._clean(show_url(response.headers.get("Location", "")))
                 message += f": redirected to {location or '(no Location)'}; set the url it names"
             raise QueryError("http", message, query=promql, status=status)
 
@@ -437,11 +446,19 @@ def _show_query(promql: str) -> str:
     return f"'{_one_line(promql, _QUERY_IN_MESSAGE)}'"
 
 
-def _show_url(url: str) -> str:
+def show_url(url: str) -> str:
     """The URL without user, password, query string or fragment (they may hold secrets)."""
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return _one_line(urlunsplit((parts.scheme, netloc, parts.path, "", "")), 200)
+        # All before the last "@" may be a user and password, even where urlsplit reads
+        # part of it as the path (a password with a "/": `http://user:pa/ss@host`).
+        host, path = parts.netloc, parts.path
+        if "@" in path:
+            host, slash, path = (host + path).rpartition("@")[2].partition("/")
+            path = slash + path
+        prefix = f"{parts.scheme}:" if parts.scheme else ""
+        if parts.netloc or url[len(prefix):].startswith("//"):
+            prefix += "//"
+        return _one_line(prefix + host.rpartition("@")[2] + path, 200)
     except ValueError:
         return "(unparsable url)"

@@ -9,16 +9,14 @@ our environment but the module path) under limits the kernel enforces: CPU time
 its jobs as a pickle on stdin and writes one JSON line before each template (so a kill
 names the one running) and one with its result.
 
-This module imports only the standard library and Jinja2: the child starts fast.
+This module imports only the standard library, Jinja2 and scaler.child_limits: the
+child starts fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pickle
-import resource
-import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +25,8 @@ from typing import Any
 import jinja2
 import jinja2.meta
 import jinja2.sandbox
+
+from scaler import child_limits
 
 MAX_OUTPUT = 64 * 1024   # characters, per rendered string
 CPU_SECONDS = 0.4        # for all of a config's computing templates together
@@ -109,24 +109,8 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record) + "\n"
 
 
-def _mapped() -> int:
-    """Bytes of address space this process maps now (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[0]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def main() -> None:
-    # On top of what is mapped already: a locale archive alone may map 200 MiB.
-    limit = _mapped() + MEMORY_BYTES
-    # Not possible everywhere (macOS); the CPU time limit holds anyway.
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    # A backstop: SIGPROF below is the limit that counts.
-    resource.setrlimit(resource.RLIMIT_CPU, (5, 5))
+    child_limits.limit_memory(MEMORY_BYTES)
     request = pickle.load(sys.stdin.buffer)
     jobs: list[tuple[str, bool, int]] = request["jobs"]
     stamps: list[Mapping[str, Any]] = request["stamps"]
@@ -135,8 +119,7 @@ def main() -> None:
     envs = {True: environment(True), False: environment(False)}
     compiled: dict[tuple[str, bool], Compiled] = {}
     # CPU time, not wall time: a loaded machine does not make a template too slow.
-    # SIGPROF's default action ends the process, even inside one long C call.
-    signal.setitimer(signal.ITIMER_PROF, CPU_SECONDS)
+    child_limits.limit_cpu(CPU_SECONDS)
     started = time.process_time()
     done = ""
     for index, (text, promql, stamp) in enumerate(jobs):

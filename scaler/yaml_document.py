@@ -7,11 +7,14 @@ passes, each linear in the file's size:
 
 1. the parser's events (libyaml): the number of values and the nesting depth, stopped
    at the first one over its limit, before anything is built;
-2. the node graph (compose), walked once: each node's size once its aliases are
-   expanded is memoized, as an alias is the very node object it names (the walk stays
-   linear while the expansion is exponential); duplicate keys, recursive aliases and
-   numbers too long to convert quickly are refused in the same walk;
-3. construction, of a graph now known to be small.
+   Explicit tags are checked there too: only the standard ones (`!!int`, `!!str`...),
+   on a value they can build (`!!int abc`, `!!bool maybe` would fail construction);
+2. the node graph (compose), walked once: each node's size and depth once its aliases
+   are expanded are memoized, as an alias is the very node object it names (the walk
+   stays linear while the expansion is exponential); duplicate keys, keys that are
+   lists or mappings, recursive aliases and numbers too long to convert quickly are
+   refused in the same walk;
+3. construction, of a graph now known to be small and shallow.
 
 Errors name the key path, as the rest of the config's errors do.
 """
@@ -41,6 +44,16 @@ _NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent,
 _START_EVENTS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
 _END_EVENTS = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 _NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
+_STANDARD = "tag:yaml.org,2002:"
+# The tags SafeConstructor builds, by the kind of node they may tag.
+_TAGS: dict[type[yaml.Event], frozenset[str]] = {
+    yaml.ScalarEvent: frozenset(_STANDARD + t for t in (
+        "null", "bool", "int", "float", "binary", "timestamp", "str")),
+    yaml.SequenceStartEvent: frozenset(_STANDARD + t for t in ("seq", "omap", "pairs")),
+    yaml.MappingStartEvent: frozenset(_STANDARD + t for t in ("map", "set")),
+}
+_KIND = {yaml.ScalarEvent: "scalar", yaml.SequenceStartEvent: "list",
+         yaml.MappingStartEvent: "mapping"}
 
 
 class YamlError(ValueError):
@@ -67,11 +80,16 @@ def load(text: str) -> Any:
             return loader.construct_document(root)
         finally:
             loader.dispose()
+    except YamlError:
+        raise
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise YamlError([f"{where}{problem}"]) from None
+    except Exception as error:  # a construction the checks above missed: never a traceback
+        raise YamlError([f"the config cannot be read as YAML ({type(error).__name__})"]
+                        ) from None
 
 
 # --------------------------------------------------------------------------- paths
@@ -96,10 +114,18 @@ def _line(node: Node | yaml.Event) -> int:
 
 
 def _check_events(text: str) -> None:
-    """Refuses a document with too many values or too deep, before composing it."""
+    """Refuses a document with too many values or too deep, or a tag it cannot build,
+    before composing it."""
     count = depth = 0
     for index, event in enumerate(yaml.parse(text, Loader=_Loader)):
         if isinstance(event, _NODE_EVENTS):
+            tag = getattr(event, "tag", None)
+            if tag is not None and tag != "!":  # "!": a plain string, as YAML says
+                problem = _tag_problem(event, tag)
+                if problem is not None:
+                    path = _event_path(text, index)
+                    raise YamlError([f"{path or 'the config'}: {problem} "
+                                     f"(line {_line(event)})"])
             count += 1
             if count > MAX_VALUES:
                 path = _event_path(text, index)
@@ -113,6 +139,30 @@ def _check_events(text: str) -> None:
                                      f"levels deep (line {_line(event)})"])
         elif isinstance(event, _END_EVENTS):
             depth -= 1
+
+
+def _tag_problem(event: yaml.Event, tag: str) -> str | None:
+    """Why a value with an explicit tag cannot be built, or None."""
+    if not any(tag in tags for tags in _TAGS.values()):
+        return f"unknown YAML tag {_short(tag)}"
+    kind = type(event)
+    if tag not in _TAGS[kind]:
+        return f"the YAML tag {_short(tag)} cannot tag a {_KIND[kind]}"
+    if kind is not yaml.ScalarEvent:
+        return None
+    value = event.value
+    if tag in _NUMBER_TAGS and len(value) > MAX_NUMBER_CHARS:
+        return None  # refused as too long once composed
+    try:
+        SafeConstructor().construct_object(ScalarNode(tag, value))
+    except Exception:
+        return f"{_short(repr(value))} is not a valid {_short(tag)}"
+    return None
+
+
+def _short(text: str) -> str:
+    text = text.replace(_STANDARD, "!!")
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _event_path(text: str, stop: int) -> str:
@@ -172,17 +222,18 @@ def _children(node: Node, path: str) -> Iterator[tuple[Node, str]]:
 def _check_graph(root: Node) -> None:
     """One walk over the node graph, each node entered once; raises YamlError."""
     errors: list[str] = []
-    sizes: dict[int, int] = {}  # id(node) -> values once expanded
+    # id(node) -> (values, levels of nesting) once expanded; a scalar is 0 levels.
+    known: dict[int, tuple[int, int]] = {}
     entered: set[int] = set()   # on the current path: seeing one again is a cycle
     keys = SafeConstructor()
-    # Frames of the nodes being walked: node, path, children left, running size.
+    # Frames of the nodes being walked: node, path, children left, [size, deepest child].
     stack: list[tuple[Node, str, Iterator[tuple[Node, str]], list[int]]] = []
 
-    def enter(node: Node, path: str) -> int | None:
-        """The node's expanded size if known now; otherwise it is pushed to be walked."""
-        known = sizes.get(id(node))
-        if known is not None:
-            return known
+    def enter(node: Node, path: str) -> tuple[int, int] | None:
+        """The node's expanded size and depth if known now; otherwise it is pushed."""
+        found = known.get(id(node))
+        if found is not None:
+            return found
         if id(node) in entered:
             raise _Refused(f"{path or 'the config'}: refers to itself (a recursive YAML alias, "
                            f"line {_line(node)})")
@@ -191,12 +242,12 @@ def _check_graph(root: Node) -> None:
                 errors.append(f"{path or 'the config'}: a number of {len(node.value)} "
                               f"characters, more than the {MAX_NUMBER_CHARS} allowed "
                               f"(line {_line(node)})")
-            sizes[id(node)] = 1
-            return 1
+            known[id(node)] = (1, 0)
+            return known[id(node)]
         if isinstance(node, MappingNode):
-            errors.extend(_duplicate_keys(node, path, keys))
+            errors.extend(_keys(node, path, keys))
         entered.add(id(node))
-        stack.append((node, path, _children(node, path), [1]))
+        stack.append((node, path, _children(node, path), [1, 0]))
         return None
 
     try:
@@ -204,25 +255,57 @@ def _check_graph(root: Node) -> None:
         while stack:
             node, path, children, total = stack[-1]
             for child, child_path in children:
-                size = enter(child, child_path)
-                if size is None:
+                found = enter(child, child_path)
+                if found is None:
                     break
-                total[0] += size
+                total[0] += found[0]
+                total[1] = max(total[1], found[1])
             else:
                 stack.pop()
                 entered.discard(id(node))
-                sizes[id(node)] = total[0]
-                if total[0] > MAX_VALUES:
-                    # Children finish first: the first node over the limit is the
-                    # deepest one, where the expansion happens.
+                size, depth = total[0], total[1] + 1
+                known[id(node)] = (size, depth)
+                # Children finish first: the first node over a limit is the deepest one,
+                # where the aliases expand.
+                if size > MAX_VALUES:
                     raise _Refused(f"{path or 'the config'}: expands to more than "
                                    f"{MAX_VALUES} values (YAML aliases/anchors?)")
+                if depth > MAX_DEPTH:
+                    raise _Refused(f"{path or 'the config'}: nested more than {MAX_DEPTH} "
+                                   f"levels deep once YAML aliases are expanded "
+                                   f"(line {_line(node)})")
+                if node.tag in _BUILT_WITH_CHECKS:
+                    errors.extend(_built(node, path))
                 if stack:
-                    stack[-1][3][0] += total[0]
+                    stack[-1][3][0] += size
+                    stack[-1][3][1] = max(stack[-1][3][1], depth)
     except _Refused as refused:
         errors.append(refused.message)
     if errors:
         raise YamlError(errors)
+
+
+# Collections whose construction checks their content (`!!omap [a]` is no ordered map).
+_BUILT_WITH_CHECKS = frozenset(_STANDARD + t for t in ("omap", "pairs", "set"))
+
+
+def _built(node: Node, path: str) -> list[str]:
+    """Why a node of _BUILT_WITH_CHECKS cannot be built, with its key path, or nothing."""
+    try:
+        SafeConstructor().construct_object(node, deep=True)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "not valid"
+        return [f"{path or 'the config'}: {problem} (line {_line(node)})"]
+    except Exception:
+        return [f"{path or 'the config'}: cannot be built (line {_line(node)})"]
+    return []
+
+
+def _keys(node: MappingNode, path: str, constructor: SafeConstructor) -> list[str]:
+    """What is wrong with a mapping's keys: duplicates, lists or mappings as keys."""
+    errors = [f"{_join(path, '?')}: a list or mapping as a key (line {_line(key)})"
+              for key, _ in node.value if not isinstance(key, ScalarNode)]
+    return errors + _duplicate_keys(node, path, constructor)
 
 
 def _duplicate_keys(node: MappingNode, path: str, constructor: SafeConstructor) -> list[str]:

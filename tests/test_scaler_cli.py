@@ -45,6 +45,19 @@ def test_check_config_accepts_a_good_config(tmp_path):
     assert (result.returncode, result.stdout) == (0, f"{path}: ok, 1 services: w\n")
 
 
+def test_check_config_imports_no_client_library(tmp_path):
+    # boto3, requests, redis, the HTTP server and the simulation are a quarter of a second
+    # of imports: check-config needs none of them.
+    path = tmp_path / "scaler.yml"
+    path.write_text(CONFIG)
+    code = ("import sys; from scaler import cli; code = cli.main(['check-config', sys.argv[1]]);"
+            " print(code, sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'redis', "
+            "'requests', 'urllib3', 'prometheus_client', 'matplotlib', 's3transfer'}))")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.stdout.splitlines()[-1] == "0 []", result.stdout + result.stderr
+
+
 def test_check_config_reports_every_error_and_exits_2(tmp_path):
     path = tmp_path / "scaler.yml"
     path.write_text(CONFIG.replace("min: 1", "min: -1").replace("target: 10", "target: 0"))
@@ -166,8 +179,8 @@ def test_run_once_says_what_it_did_to_each_service_and_exits_0_when_all_went_wel
      r"taskqueue_queue_dept does not exist in Prometheus \(no series of that name was ever "
      r"stored: a typo, or a target or recording rule that is missing\)"),
     ("query rejected",
-     r"w: 1 \(unchanged, NoData\): rule backlog: prometheus returned a bad response for "
-     r'query .*: result type "matrix" is not supported; .*'),
+     r"w: 1 \(unchanged, NoData\): rule backlog: prometheus rejected query "
+     r"'sum\(taskqueue_queue_depth @ 1e20\)' \(bad_data\): .*timestamp out of bounds.*"),
     ("ecs unreachable",
      r"w: not read: cannot read the service, kind=unreachable: .*DescribeServices failed: "
      r"EndpointConnectionError.*"),
@@ -189,7 +202,9 @@ def test_run_once_exits_1_with_one_line_per_service_when_something_failed(once_w
     elif case == "metric misspelt":
         config = write(query='sum(taskqueue_queue_dept{queue="default"})')
     elif case == "query rejected":
-        config = write(query='taskqueue_queue_depth{queue="default"}[1m]')
+        # Valid PromQL (check-config refuses a range vector such as x[1m]), but not for
+        # Prometheus's bounds.
+        config = write(query="sum(taskqueue_queue_depth @ 1e20)")
     elif case == "ecs unreachable":
         config = write(backend=f"{{cluster: {CLUSTER}, service: {MOTO_SERVICE}, region: "
                                f"{REGION}, endpoint_url: 'http://127.0.0.1:{free_port()}'}}")
@@ -213,6 +228,9 @@ REFUSED = [
     "template: 'x' * 100000000", "template: nested loops of 100000",
     "template: range(100000)|join x3", "promql: unclosed parenthesis",
     "counts: max 10000000000 on ECS", "ecs: two services on one ECS service",
+    "promql: quadratic strings, 1 MiB (minutes before)", "promql: 270 queries of 60 KB (16 MiB)",
+    "yaml: nesting 2,280 deep through aliases (traceback before)",
+    "local: ready_pattern of 5,000 nested groups (traceback before)",
 ]
 
 
@@ -236,6 +254,13 @@ def test_run_backtest_and_simulate_refuse_the_same_configs(tmp_path, command):
     result = run(*command, str(path), timeout=20)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"taskqueue-scaler: {path}: {case.error}"]
+
+
+def test_check_config_accepts_regular_expressions_prometheus_accepts(tmp_path):
+    path = tmp_path / "scaler.yml"
+    path.write_text(config_bench.CASES["promql: 60 matchers =~ \\w{400} (10 s before)"].text)
+    result = run("check-config", str(path), timeout=20)
+    assert (result.returncode, result.stdout) == (0, f"{path}: ok, 1 services: w\n")
 
 
 def test_check_config_accepts_200_services(tmp_path):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from scaler import child_limits, query_checks
 from scaler.config import (
     ConfigError,
     RestoreConfig,
@@ -88,13 +91,19 @@ def test_a_valid_config_with_for_each():
 
 
 def test_template_values_are_escaped_for_promql_strings():
-    # YAML value: we"ird\q; not in the ECS service's name, which allows no quote.
+    # YAML value: we"ird\q; not in the names, which allow no quote (local commands are
+    # not PromQL either: test_local_commands_are_not_promql_escaped).
     text = (VALID.replace("{queue: emails}", "{queue: 'we\"ird\\q', n: 2}")
             .replace("{queue: default}", "{queue: default, n: 1}")
-            .replace('service: "celery-{{ queue }}"', 'service: "celery-{{ n }}"'))
+            .replace('service: "celery-{{ queue }}"', 'service: "celery-{{ n }}"')
+            .replace('name: "worker-{{ queue }}"', 'name: "worker-{{ n }}"'))
     config = parse_config(text, {"PROM_TOKEN": "x"})
     assert config.services[1].rules[0].query == 'sum(taskqueue_queue_depth{queue="we\\"ird\\\\q"})'
-    assert config.services[1].name == 'worker-we"ird\\q'  # names are not PromQL
+
+
+def test_local_commands_are_not_promql_escaped():
+    text = minimal(vars="{q: 'a\"b'}", backend="""{type: local, command: "echo '{{ q }}'"}""")
+    assert parse_config(text, {}).services[0].backend.command == ("echo", 'a"b')
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -703,3 +712,363 @@ def test_local_commands_and_ready_patterns_have_a_budget():
     assert errors_of(text) == [
         "services[0].backend.command: the local backend's commands and ready patterns pass "
         "65536 characters in all"]
+
+
+# --------------------------------------------------------------------------- PromQL checks
+
+OPERATORS = "+".join(["x"] * 999)  # valid; the parser takes about a tenth of a second
+
+
+def rules(*queries: str) -> str:
+    return "[" + ", ".join(f"{{type: expression, query: '{q}'}}" for q in queries) + "]"
+
+
+def test_queries_whose_checks_would_take_long_are_refused_within_a_bounded_time():
+    # 40 distinct queries of 999 operators: 5 s for the parser, and valid.
+    text = minimal(rules=rules(*(f"{OPERATORS}+y{i}" for i in range(40))))
+    started = time.monotonic()
+    errors = errors_of(text)
+    assert time.monotonic() - started < 2.0
+    assert len(errors) == 1 and re.fullmatch(
+        r"services\[0\]\.rules\[\d+\]\.query: (checking it as PromQL takes more than 0\.4 s of "
+        r"CPU time \(thousands of operators\?\)|the config's \d+ long queries before this one "
+        r"took most of the 0\.4 s of CPU time allowed to check them all)", errors[0]), errors
+
+
+def test_a_few_long_queries_are_checked_in_the_child_as_in_process(monkeypatch):
+    long_invalid = "sum(" + "x + " * 200 + ")"
+    queries = ["sum(x)", long_invalid, f"{OPERATORS}", "x[5m]", "x{a=~`(`}"]
+    text = minimal(rules=rules(*queries))
+    expected = [
+        "services[0].rules[1].query: not valid PromQL: invalid promql query (got 'sum(x + x + x "
+        "+ x + x + x + x + x + x + x + x + x + x + ...)",
+        "services[0].rules[3].query: not valid PromQL: returns a range vector, not one number "
+        "per series: wrap it in a function such as rate() or max_over_time() (got 'x[5m]')",
+        "services[0].rules[4].query: not valid PromQL: invalid regular expression '(': missing "
+        "closing ) (got 'x{a=~`(`}')"]
+    assert errors_of(text) == expected
+    monkeypatch.setattr(query_checks, "SHORT_QUERY", 0)  # every query in the child
+    assert errors_of(text) == expected
+
+
+def test_the_queries_of_a_config_have_a_size_limit():
+    items = ", ".join(f"q{i}" for i in range(70))
+    text = minimal(name='"w-{{ item }}"', for_each=f"[{items}]", backend=STAMPED_BACKEND,
+                   vars="{big: " + "y" * 60_000 + "}",
+                   rules="""[{type: expression, query: 'x{a="{{ item }}{{ big }}"}'}]""")
+    assert errors_of(text) == [
+        "services[0].rules[0].query: the config's queries pass the 4194304 characters "
+        "allowed in all"]
+
+
+def test_the_queries_of_a_config_have_a_limit_of_regular_expressions():
+    matchers = ",".join(['a=~"a"'] * 7000)
+    text = minimal(name='"w-{{ item }}"', for_each="[q1, q2, q3]", backend=STAMPED_BACKEND,
+                   rules=f"""[{{type: expression, query: 'x{{b="{{{{ item }}}}",{matchers}}}'}}]""")
+    assert errors_of(text) == [
+        "services[0].rules[0].query: the config's queries pass the 20000 regular expression "
+        "matchers (=~, !~) allowed in all"]
+
+
+@pytest.mark.parametrize("text", [
+    # Prometheus accepts these (promtool 2.42): raw strings have no escapes, and matchers
+    # are Go's regular expressions, not Rust's.
+    "'sum(taskqueue_queue_depth{queue=~`\\d+`})'",
+    """'sum(taskqueue_queue_depth{queue=~"\\\\w{1,255}"})'""",
+    """'sum(taskqueue_queue_depth{queue=~"\\\\Qa.b\\\\E"})'""",
+    "'x{" + ",".join(f'l{i}=~"\\\\w{{400}}"' for i in range(60)) + "}'",
+])
+def test_queries_prometheus_accepts_pass_quickly(text):
+    started = time.process_time()
+    assert len(parse_config(query(text), {}).services) == 1
+    assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize(("key", "value", "kind"), [
+    ("rules", "[{type: expression, query: 'x[5m]'}]", "a range vector"),
+    ("rules", "[{type: expression, query: 'sum(x)[5m:1m]'}]", "a range vector"),
+    ("rules", """[{type: expression, query: '"5"'}]""", "a string"),
+    ("scale_down_guard", "'(x[5m])'", "a range vector"),
+    ("activation_query", "'x[1h]'", "a range vector"),
+    ("health_query", "'x[1h]'", "a range vector"),
+    ("rules", "[{type: drain, query: x, throughput_query: 'x[5m]', drain_within: 5m}]",
+     "a range vector"),
+    ("rules", "[{type: drain, query: x, throughput: 1, arrival_query: 'x[5m]', "
+              "drain_within: 5m}]", "a range vector"),
+])
+def test_a_query_whose_result_a_rule_cannot_read_is_refused(key, value, kind):
+    errors = errors_of(minimal(**{key: value}))
+    assert len(errors) == 1 and f": not valid PromQL: returns {kind}" in errors[0], errors
+
+
+def test_short_queries_are_checked_without_a_child_process(monkeypatch):
+    def no_child(*args):
+        raise AssertionError("a child process started")
+
+    monkeypatch.setattr(query_checks, "_in_child", no_child)
+    text = minimal(rules=rules('sum(rate(x{a=~"b|c"}[5m])) / sum(y)', "x + 1"))
+    assert len(parse_config(text, {}).services[0].rules) == 2
+
+
+def test_what_the_templates_took_is_taken_from_the_time_to_check_queries(monkeypatch):
+    spent = iter([0.0, query_checks.CPU_SECONDS])  # before and after the templates
+    monkeypatch.setattr(child_limits, "children_cpu", lambda: next(spent))
+    text = minimal(rules=rules(*(f"{OPERATORS}+y{i}" for i in range(40))))
+    errors = errors_of(text)
+    assert len(errors) == 1 and "0.1 s of CPU time" in errors[0], errors
+
+
+def test_a_child_that_cannot_start_is_an_error_not_a_pass(monkeypatch):
+    monkeypatch.setattr(query_checks.sys, "executable", "/nonexistent/python")
+    assert errors_of(query(f"'{OPERATORS}'")) == [
+        "services[0].rules[0].query: cannot start the process that checks queries: No such "
+        "file or directory"]
+
+
+# --------------------------------------------------------------------------- no traceback
+
+
+def test_nesting_through_aliases_counts_as_nesting():
+    # Each anchor nests 60 levels and the next one's alias 60 more: 2,280 in all, within
+    # the 64 levels the file itself shows.
+    chain = "  x0: &a0 " + "[" * 60 + "1" + "]" * 60 + "\n" + "".join(
+        f"  x{i}: &a{i} " + "[" * 60 + f"*a{i - 1}" + "]" * 60 + "\n" for i in range(1, 38))
+    text = minimal(max="*a37").replace("services:\n", "junk:\n" + chain + "services:\n")
+    assert errors_of(text) == [
+        "junk.x1" + "[0]" * 55 + ": nested more than 64 levels deep once YAML aliases are "
+        "expanded (line 4)"]
+
+
+@pytest.mark.parametrize(("pattern", "problem"), [
+    ("(" * 5000 + ")" * 5000, "groups nested more than 100 deep (got '" + "(" * 56 + "...)"),
+    ("a{4294967296}", "the repetition number is too large (got 'a{4294967296}')"),
+    ("(", "missing ), unterminated subpattern at position 0 (got '(')"),
+])
+def test_a_ready_pattern_python_cannot_compile_is_an_error(pattern, problem):
+    text = minimal(backend=f"{{type: local, command: x, ready_pattern: '{pattern}'}}")
+    assert errors_of(text) == [
+        f"services[0].backend.ready_pattern: not a valid regular expression: {problem}"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("!foo 3", "services[0].max: unknown YAML tag !foo (line 7)"),
+    ("!!python/object:os.system x",
+     "services[0].max: unknown YAML tag !!python/object:os.system (line 7)"),
+    ("!!int abc", "services[0].max: 'abc' is not a valid !!int (line 7)"),
+    ("!!bool maybe", "services[0].max: 'maybe' is not a valid !!bool (line 7)"),
+    ("!!timestamp soon", "services[0].max: 'soon' is not a valid !!timestamp (line 7)"),
+    ("!!float x", "services[0].max: 'x' is not a valid !!float (line 7)"),
+    ("!!str [1]", "services[0].max: the YAML tag !!str cannot tag a list (line 7)"),
+    ("!!set [a]", "services[0].max: the YAML tag !!set cannot tag a list (line 7)"),
+    ("!!omap [a]", "services[0].max: expected a mapping of length 1, but found scalar (line 7)"),
+])
+def test_a_yaml_tag_that_cannot_be_built_is_an_error_with_its_key_path(value, expected):
+    assert errors_of(minimal(max=value)) == [expected]
+
+
+def test_a_list_as_a_key_is_an_error_with_its_key_path():
+    assert errors_of(minimal(vars="{[a]: 1}")) == [
+        "services[0].vars.?: a list or mapping as a key (line 9)"]
+
+
+FUZZ_VALUES = [
+    None, True, 0, -1, 2**70, 1.5, float("inf"), float("nan"), "", " ", "x", "a\nb", "\x00",
+    "\x1b[31m", "9" * 400, "1e400", "5m", "2/min", "HTTPS://u:p@h:1/", "redis://:pw@h",
+    # Templates that compute are tested apart: each starts the sandbox.
+    "{{ x }}", "(", "a{99999999999}", "eu-west-1", "x[5m]",
+    'x{a=~"("}', [], [1], [[1]], {}, {"a": 1}, {1: 2}, {None: 1}, b"\xff",
+    {"type": "ecs"}, {"type": "local"}, {"type": "dynamodb"}, {"type": "redis"},
+]
+FUZZ_KEYS = {
+    "root": ["prometheus", "services", "interval", "concurrency", "port", "health_query",
+             "restore", "lease"],
+    "prometheus": ["url", "timeout", "headers", "bearer_token_env", "verify_tls"],
+    "service": ["name", "backend", "min", "max", "fallback", "failure_threshold",
+                "match_labels", "rules", "activation_query", "scale_down_guard",
+                "health_query", "behavior", "vars", "for_each"],
+    "backend": ["type", "cluster", "service", "region", "endpoint_url", "command", "env",
+                "cwd", "ready_pattern", "stop_timeout", "pass_env"],
+    "rule": ["type", "name", "query", "target", "aggregate", "on_empty", "match_labels",
+             "drain_within", "startup_delay", "throughput", "throughput_query",
+             "arrival_query", "above", "below", "step", "factor"],
+    "behavior": ["tolerance", "scale_up", "scale_down"],
+    "direction": ["stabilization_window", "select", "policies"],
+    "policy": ["type", "value", "period"],
+    "restore": ["enabled", "matchers"],
+    "lease": ["type", "name", "ttl", "url", "url_env", "table", "region", "endpoint_url",
+              "key_attribute"],
+}
+FUZZ_CHILDREN = {"prometheus": "prometheus", "backend": "backend", "behavior": "behavior",
+                 "scale_up": "direction", "scale_down": "direction", "restore": "restore",
+                 "lease": "lease", "services": "service", "rules": "rule",
+                 "policies": "policy"}
+
+
+def fuzz_mapping(rng, kind: str, depth: int = 0) -> dict:
+    found = {}
+    for key in rng.sample(FUZZ_KEYS[kind], rng.randint(0, len(FUZZ_KEYS[kind]))):
+        child = FUZZ_CHILDREN.get(key)
+        if child is None or depth > 3 or rng.random() < 0.3:
+            found[key] = rng.choice(FUZZ_VALUES)
+        elif key in ("services", "rules", "policies"):
+            found[key] = [fuzz_mapping(rng, child, depth + 1) for _ in range(rng.randint(0, 2))]
+        else:
+            found[key] = fuzz_mapping(rng, child, depth + 1)
+    return found
+
+
+def test_random_configs_are_refused_with_error_lines_never_anything_else():
+    import random
+
+    import yaml
+
+    for seed in range(1000):
+        text = yaml.safe_dump(fuzz_mapping(random.Random(seed), "root"), allow_unicode=True)
+        try:
+            parse_config(text, {})
+        except ConfigError as error:
+            assert all(line.isprintable() and len(line) <= 500 for line in error.errors)
+
+
+# --------------------------------------------------------------------------- names, URLs
+
+
+@pytest.mark.parametrize(("backend", "expected"), [
+    ('{cluster: "c\\n", service: s, region: r}',
+     "services[0].backend.cluster: must be an ECS cluster name (up to 255 letters, digits, - "
+     "and _) or ARN (got 'c\\n')"),
+    ('{cluster: c, service: "s\\n", region: r}',
+     "services[0].backend.service: must be an ECS service name (up to 255 letters, digits, - "
+     "and _) or ARN (got 's\\n')"),
+    ('{cluster: c, service: "arn:aws:ecs:r:123456789012:service/c/s\\n", region: r}',
+     "services[0].backend.service: must be an ECS service name (up to 255 letters, digits, - "
+     "and _) or ARN (got 'arn:aws:ecs:r:123456789012:service/c/s\\n')"),
+    ('{cluster: c, service: s, region: "eu-west-1\\n"}',
+     "services[0].backend.region: must be an AWS region like eu-west-1 (got 'eu-west-1\\n')"),
+    ('{cluster: c, service: s, region: r, endpoint_url: "http://moto:5000\\n"}',
+     "services[0].backend.endpoint_url: must be an http:// or https:// URL "
+     "(got 'http://moto:5000')"),
+    ("{cluster: c, service: s, region: r, endpoint_url: 'http://a_b:5000'}",
+     "services[0].backend.endpoint_url: must be an http:// or https:// URL "
+     "(got 'http://a_b:5000')"),
+    ("{cluster: c, service: s, region: r, endpoint_url: 'https://user:pw@ecs:port'}",
+     "services[0].backend.endpoint_url: must be an http:// or https:// URL "
+     "(got 'https://ecs:port')"),
+])
+def test_a_trailing_newline_or_a_bad_host_is_no_valid_ecs_name_region_or_endpoint(backend,
+                                                                                  expected):
+    assert errors_of(minimal(backend=backend)) == [expected]
+
+
+def test_a_trailing_newline_does_not_make_another_ecs_service():
+    text = minimal() + ("""  - {name: v, backend: {cluster: c, service: "s\\n", region: r}, """
+                        "min: 0, max: 5, rules: [{type: per_worker, query: x, target: 1}]}\n")
+    assert errors_of(text) == [
+        "services[1].backend.service: must be an ECS service name (up to 255 letters, digits, "
+        "- and _) or ARN (got 's\\n')"]
+
+
+@pytest.mark.parametrize("other", [
+    "{cluster: c, service: s, region: eu-west-1, endpoint_url: 'https://ecs.eu-west-1.amazonaws.com/'}",
+    "{cluster: c, service: s, region: EU-West-1}",
+    "{cluster: c, service: s, region: eu-west-1, endpoint_url: 'HTTPS://ECS.eu-west-1.amazonaws.com:443'}",
+])
+def test_ecs_own_endpoint_and_a_region_in_capitals_are_the_same_ecs_service(other):
+    text = minimal(backend="{cluster: c, service: s, region: eu-west-1}") + (
+        f"  - {{name: v, backend: {other}, min: 0, max: 5, "
+        "rules: [{type: per_worker, query: x, target: 1}]}\n")
+    errors = errors_of(text)
+    assert len(errors) == 1 and errors[0].startswith(
+        "services[1].backend: the same ECS service (eu-west-1 c/s) as services[0].backend"), errors
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("celery-emails", True), ("queue.high:1/a@b+c_d", True), ("a" * 255, True),
+    ("a" * 256, False), ("a\n", False), ("a b", False), ('a"b', False), ("-a", False),
+    ("émails", False), ("a\x1b[31m", False), ("a\u202eb", False),
+])
+def test_service_names_are_safe_label_values_and_log_fields(name, ok):
+    text = minimal(name=json.dumps(name))
+    if ok:
+        assert parse_config(text, {}).services[0].name == name
+    else:
+        assert errors_of(text)[0].startswith(
+            "services[0].name: must be a name of up to 255 letters, digits and _ . : @ / + -, "
+            "starting with a letter or digit")
+
+
+def test_duplicate_names_are_found_whatever_the_for_each_item():
+    text = minimal(name='"w-{{ item }}"', for_each="[a, 'a ', 'a\\n']", backend=STAMPED_BACKEND)
+    errors = errors_of(text)
+    assert errors[0].startswith("services[0].name: must be a name")
+    assert all("a\n" not in e for e in errors)
+
+
+def test_a_prometheus_url_never_shows_its_password_and_takes_any_case():
+    errors = errors_of("prometheus: {url: 'HTTPS://admin:S3cretPW@prom:9090 x'}\nservices: []")
+    assert errors == ["prometheus.url: must be an http:// or https:// URL (got "
+                      "'https://prom:9090 x')"]
+    config = parse_config("prometheus: {url: 'HTTPS://prom:9090'}\nservices: []", {})
+    assert config.prometheus.url == "HTTPS://prom:9090"
+    errors = errors_of("prometheus: {url: 'http://admin:pa/ss@prom:9090\\n'}\nservices: []")
+    assert not any("pa/ss" in e or "admin" in e for e in errors), errors
+
+
+@pytest.mark.parametrize(("lease", "expected"), [
+    ("{type: dynamodb, table: leases, region: 'not a region!'}",
+     ["lease.region: must be an AWS region like eu-west-1 (got 'not a region!')"]),
+    ("{type: dynamodb, table: leases, region: eu-west-1, endpoint_url: nonsense}",
+     ["lease.endpoint_url: must be an http:// or https:// URL (got 'nonsense')"]),
+    ("{type: dynamodb, table: t, region: eu-west-1}",
+     ["lease.table: must be a DynamoDB table name (3 to 255 letters, digits, _, - and .) "
+      "(got 't')"]),
+    ("{type: dynamodb, table: 'a b c', region: eu-west-1, key_attribute: \"a\\nb\"}",
+     ["lease.table: must be a DynamoDB table name (3 to 255 letters, digits, _, - and .) "
+      "(got 'a b c')",
+      "lease.key_attribute: must be a DynamoDB attribute name (up to 255 bytes, printable) "
+      "(got 'a\\nb')"]),
+    ("{type: redis, url: 'http://u:hunter2pw@cache:6379/0'}",
+     ["lease.url: holds a password: put the URL in an environment variable and name the "
+      "variable in url_env instead"]),
+    ("{type: redis, url: 'http://u@cache:6379/0'}",
+     ["lease.url: must be a redis:// or rediss:// URL (got 'http://cache:6379/0')"]),
+])
+def test_a_lease_boto3_or_redis_would_refuse_is_refused_by_check_config(lease, expected):
+    assert errors_of(with_lease(lease)) == expected
+
+
+# --------------------------------------------------------------------------- error lines
+
+
+def test_keys_and_for_each_items_cannot_split_or_forge_an_error_line():
+    text = minimal(name='"w-{{ item }}"', for_each='["a\\nb", c]', backend=STAMPED_BACKEND) + (
+        '    "k\\ntaskqueue-scaler: scaler.yml: services[0].max: forged\\x1b[0m": 1\n')
+    errors = errors_of(text)
+    assert errors == [
+        "services[0].name: must be a name of up to 255 letters, digits and _ . : @ / + -, "
+        "starting with a letter or digit (got 'w-a\\nb')",
+        "services[0].backend.service: must be an ECS service name (up to 255 letters, digits, "
+        "- and _) or ARN (got 's-a\\nb')",
+        "services[0].k\\ntaskqueue-scaler: scaler.yml: servi...: unknown key"]
+    assert all(e.isprintable() for e in errors)
+
+
+def test_a_for_each_item_in_an_error_line_is_escaped():
+    text = minimal(name='"w-{{ item|length }}"', for_each='["a\\nb\\u202e"]',
+                   rules="[{type: expression, query: '{{ nope }}'}]")
+    assert errors_of(text) == [
+        "services[0].rules[0].query: template: 'nope' is undefined (for_each item=a\\nb\\u202e)"]
+
+
+def test_every_error_line_is_short():
+    text = "prometheus: {url: 'http://p', bearer_token_env: " + "T" * 5000 + "}\nservices: []"
+    (line,) = errors_of(text)
+    assert line == ("prometheus.bearer_token_env: environment variable " + "T" * 5000)[:497] + "..."
+
+
+def test_a_value_shown_in_an_error_never_shows_a_urls_password():
+    command = "celery --broker redis://:s3cretPW@cache:6379/0 -A 'app worker"
+    errors = errors_of(minimal(backend=f'{{type: local, command: "{command}"}}'))
+    assert errors == ["services[0].backend.command: cannot split into arguments: No closing "
+                      "quotation (got \"celery --broker redis://***@cache:6379/0 -A 'app "
+                      "worker\")"]

@@ -101,8 +101,8 @@ def test_a_failed_activation_query_fails_the_service():
 GROUPED = """
 prometheus: {url: 'http://p:9090'}
 services:
-  - name: "w-{{ queue }}"
-    # An ECS service name has no quote: the weird queue's service is named apart.
+  - name: "w-{{ ecs }}"
+    # Service names (ECS's and ours) have no quote: the weird queue's service is named apart.
     for_each: [{queue: a, ecs: a}, {queue: b, ecs: b}, {queue: 'we"ird', ecs: weird}]
     match_labels: {queue: "{{ queue }}"}
     min: 0

@@ -254,6 +254,15 @@ def test_redis_wrong_password_is_an_error_without_the_password(own_redis: RedisS
 
 
 @pytest.mark.integration
+def test_build_lease_redis_from_a_url_in_capitals(redis_server: RedisServer, redis_client: Any):
+    url = "REDIS" + redis_server.url.removeprefix("redis")
+    lease = build_lease(LeaseConfig(kind="redis", ttl=TTL, name="scaler-caps", url=url), {},
+                        identity="a")
+    assert lease.hold(time.time()).held
+    assert redis_client.get("scaler-caps") == b"a"
+
+
+@pytest.mark.integration
 def test_build_lease_redis_from_a_plain_url(redis_server: RedisServer, redis_client: Any):
     config = LeaseConfig(kind="redis", ttl=TTL, name="scaler-url", url=redis_server.url)
     lease = build_lease(config, {}, identity="a")
@@ -272,6 +281,14 @@ def test_build_lease_redis_from_a_plain_url(redis_server: RedisServer, redis_cli
     (LeaseConfig(kind="redis", ttl=TTL, url_env="LEASE_URL"),
      {"LEASE_URL": "redis://:pw-in-bad-url@host:port/0"},
      "lease.url_env: environment variable LEASE_URL: not a valid Redis URL: "),
+    # What the config refuses, should a LeaseConfig be made some other way: botocore's
+    # InvalidRegionError, ValueError.
+    (LeaseConfig(kind="dynamodb", ttl=TTL, table="leases", region="not a region!"), {},
+     "dynamodb: cannot make a client: InvalidRegionError: Provided region_name 'not a "
+     "region!' doesn't match a supported format."),
+    (LeaseConfig(kind="dynamodb", ttl=TTL, table="leases", region="eu-west-1",
+                 endpoint_url="nonsense"), {},
+     "dynamodb: cannot make a client: ValueError: Invalid endpoint: nonsense"),
 ])
 def test_build_lease_errors_are_one_line_without_the_url(config, env, expected):
     with pytest.raises(LeaseError) as caught:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +15,19 @@ from scaler import template_sandbox, templates
 from scaler.templates import Failure, Job, render_all
 
 VARIABLES = {"queue": 'we"ird\\q\nx', "n": 3, "f": 1.5, "nothing": None, "yes": True,
-             "empty": "", "loop": "L", "range": "R"}
+             "empty": "", "loop": "L", "range": "R", "spaced": "\u00a0 straße\tİ \n"}
 
 PLAIN = [
     "celery-{{ queue }}", "{{queue}}", "{{\tqueue\n}}", "a\r\nb\rc\n{{ n }}\n", "text\n\n",
     'x{q="{{ queue }}"} + {{ n }} * {{ f }}', "{{ nothing }}-{{ yes }}-{{ empty }}",
     "{ a } }} {{ loop }} {{ range }}", "ünïcödé {{ queue }} ✓", "{{ n }}{{ n }}",
+    # Filters that compute nothing worth a sandbox, on str(value) as Jinja's do.
+    "{{ queue | upper }}", "{{queue|lower}}", "{{ queue | trim | upper }}",
+    "{{ queue | replace('\"', 'Q') }}", '{{ queue|replace("e", "EE")|lower }}',
+    "{{ n | replace('3', '33') }}", "{{ nothing | upper }}-{{ yes | lower }}",
+    "{{ queue | replace('', '-') }}", "{{ f|replace('.', ',') }}", "{{ empty | trim }}",
+    "{{ spaced | trim | upper }}", "{{ spaced | lower }}", "{{ spaced|replace('ß', 'ss') }}",
+    "x{q=\"{{ queue | lower | replace('_', '-') }}\"}",
 ]
 
 
@@ -30,13 +40,33 @@ def test_plain_templates_render_in_process_as_jinja_does(text, promql):
 
 
 @pytest.mark.parametrize("text", [
-    "{{ queue | upper }}", "{{ 'x' }}", "{{ true }}", "{{ self }}", "{{- queue }}",
+    "{{ 'x' }}", "{{ true }}", "{{ self }}", "{{- queue }}",
     "{{ queue -}}", "{% if n %}x{% endif %}", "{# comment #}", "{{ q.a }}", "{{{ x }}}",
-    "{{ queue }", "{{ dict }}",
+    "{{ queue }", "{{ dict }}", "{{ queue | title }}", "{{ queue | lower() }}",
+    "{{ queue | lowercase }}", "{{ queue | replace('a', 'b', 1) }}",
+    "{{ queue | replace('\\n', 'b') }}", "{{ queue | replace(x, 'b') }}",
+    "{{ queue | replace('{', 'b') }}", "{{ queue | upper | center(9) }}",
 ])
 def test_anything_else_is_not_plain_or_needs_the_sandbox(text):
     plan = templates.plain(text)
-    assert plan is None or "dict" in plan.parts
+    assert plan is None or "dict" in [v.name for v in plan.variables()]
+
+
+def test_a_replace_that_would_render_too_much_is_refused_before_it_is_built():
+    result = render_all([Job("{{ v | replace('', 'xxxxxxxxxx') }}", False, 0)],
+                        [{"v": "y" * 10_000}])
+    assert result == [Failure("template: renders more than the 65536 characters allowed")]
+
+
+def test_5000_services_of_lower_filters_need_no_sandbox(monkeypatch):
+    def no_child(*args):
+        raise AssertionError("the sandbox started")
+
+    monkeypatch.setattr(templates, "_in_child", no_child)
+    stamps = [{"item": f"Queue_{i}"} for i in range(5000)]
+    jobs = [Job(f'x{{q="{{{{ item | lower }}}}", r="{i}"}}', True, stamp)
+            for stamp in range(5000) for i in range(4)]
+    assert render_all(jobs, stamps)[-1] == 'x{q="queue_4999", r="3"}'
 
 
 def test_the_sandbox_renders_what_computes_and_escapes_for_promql():
@@ -117,9 +147,17 @@ def test_rendering_thousands_of_plain_templates_stays_in_process():
 def test_templates_that_compute_share_one_cpu_budget_and_the_error_says_so():
     # Cheap ones, but so many that together they pass 0.4 s of CPU time.
     stamps = [{"queue": f"q{i}"} for i in range(100_000)]
-    results = render_all([Job("{{ queue | lower }}", False, i) for i in range(100_000)], stamps)
+    results = render_all([Job("{{ queue | title }}", False, i) for i in range(100_000)], stamps)
     failed = next(i for i, result in enumerate(results) if not isinstance(result, str))
     assert results[failed] == Failure(
         f"template: the config's {failed} templates before this one that compute (filters, "
         "expressions, statements) took most of the 0.4 s of CPU time they may have together")
-    assert results[failed - 1] == f"q{failed - 1}"
+    assert results[failed - 1] == f"Q{failed - 1}"
+
+
+def test_jinja2_has_the_sandbox_fixes():
+    # Before 3.1.6 a sandboxed template could reach str.format or attr() and escape.
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "Jinja2>=3.1.6" in project["project"]["dependencies"]
+    installed = tuple(int(part) for part in metadata.version("Jinja2").split(".")[:3])
+    assert installed >= (3, 1, 6)

@@ -6,27 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from scaler.config import ScalerConfig, parse_duration
-from scaler.evaluate import queries_of
-from scaler.simulation.prometheus_process import LocalPrometheus, PrometheusStartError
-from scaler.simulation.recording import RuleFileError, load_rule_files, missing_records
-from scaler.simulation.remote_write import RemoteWriteError
-from scaler.simulation.report import format_table, to_json
-from scaler.simulation.simulate import (
-    SimOptions,
-    SimulationError,
-    SimulationResult,
-    pick_service,
-    simulate,
-)
-from scaler.simulation.workload import (
-    WorkloadError,
-    load_workload,
-    parse_distribution,
-    with_durations,
-)
+
+# The simulation (requests, a Prometheus process, the exporter's families) is imported by
+# run(): every other command builds this command's options, and check-config must be fast.
+if TYPE_CHECKING:
+    from scaler.simulation.simulate import SimulationResult
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,6 +84,19 @@ def _progress(stream: TextIO) -> Callable[[float, float], None]:
 
 def run(args: argparse.Namespace, config: ScalerConfig, out: TextIO | None = None,
         err: TextIO | None = None) -> int:
+    from scaler.evaluate import queries_of
+    from scaler.simulation.prometheus_process import LocalPrometheus, PrometheusStartError
+    from scaler.simulation.recording import RuleFileError, load_rule_files, missing_records
+    from scaler.simulation.remote_write import RemoteWriteError
+    from scaler.simulation.report import format_table, to_json
+    from scaler.simulation.simulate import SimOptions, SimulationError, pick_service, simulate
+    from scaler.simulation.workload import (
+        WorkloadError,
+        load_workload,
+        parse_distribution,
+        with_durations,
+    )
+
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
