@@ -13,10 +13,14 @@ This module imports only the standard library: the children start fast.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
+import subprocess
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 # A backstop, in whole seconds, should SIGPROF be blocked: the timer is the limit.
 _CPU_BACKSTOP = 5
@@ -62,3 +66,49 @@ def children_cpu() -> float:
     """CPU seconds of this process's children that have ended, user and system."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What a limited child did with its request: the records it wrote (one JSON object a
+    line; {"start": i, "cpu": s} before item i), how it ended, and which item it was on."""
+
+    records: tuple[dict[str, Any], ...]
+    returncode: int
+    killed: bool  # past the wall-clock backstop
+    stderr: bytes
+    running: int | None  # the item it had started and not finished
+    cpu_before: float  # CPU time the items before the running one took
+
+
+def run(command: list[str], request: bytes, wall_seconds: float) -> ChildRun:
+    """Runs a child that reads `request` on stdin, with our limited environment, and
+    reads what it wrote. OSError when it cannot be started. Whatever happens (a timeout,
+    Ctrl-C), no child is left behind."""
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=environment())
+    killed = False
+    try:
+        out, err = child.communicate(request, timeout=wall_seconds)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        killed = True
+        out, err = child.communicate()
+    finally:
+        if child.poll() is None:  # interrupted (Ctrl-C)
+            child.kill()
+            child.wait()
+    records: list[dict[str, Any]] = []
+    running: int | None = None
+    cpu_before = 0.0
+    for line in out.decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break  # cut short by the kill
+        if "start" in record:
+            running, cpu_before = record["start"], record["cpu"]
+        else:
+            records.append(record)
+            running = None
+    return ChildRun(tuple(records), child.returncode, killed, err, running, cpu_before)

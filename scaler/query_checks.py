@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -109,42 +108,19 @@ def _in_child(queries: list[Query], cpu_seconds: float) -> list[Result]:
     # -P: no directory of ours (the current one) to import from but the module path.
     command = [sys.executable, "-P", "-m", "scaler.query_checks"]
     try:
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=child_limits.environment())
+        run = child_limits.run(command, request, WALL_SECONDS)
     except OSError as error:
         results[0] = Refused("cannot start the process that checks queries: "
                              f"{error.strerror or error}")
         return results
-    killed = False
-    try:
-        out, err = child.communicate(request, timeout=WALL_SECONDS)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        killed = True
-        out, err = child.communicate()
-    finally:
-        if child.poll() is None:  # interrupted (Ctrl-C): no child left behind
-            child.kill()
-            child.wait()
-    running: int | None = None
-    cpu_before = 0.0  # CPU time the queries before the running one took
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break  # cut short by the kill
-        if "start" in record:
-            running, cpu_before = record["start"], record["cpu"]
-        else:
-            problem = record["problem"]
-            results[record["index"]] = None if problem is None else Invalid(problem)
-            running = None
-    if child.returncode != 0:
-        culprit = 0 if running is None else running
-        results[culprit] = Refused(_death(child.returncode, killed, running is not None, err,
-                                          culprit, cpu_before, cpu_seconds))
+    for record in run.records:
+        problem = record["problem"]
+        results[record["index"]] = None if problem is None else Invalid(problem)
+    if run.returncode != 0:
+        culprit = 0 if run.running is None else run.running
+        results[culprit] = Refused(_death(run.returncode, run.killed, run.running is not None,
+                                          run.stderr, culprit, run.cpu_before, cpu_seconds))
     return results
-
 
 def _death(code: int, killed: bool, started: bool, stderr: bytes, culprit: int,
            cpu_before: float, cpu_seconds: float) -> str:

@@ -16,11 +16,9 @@ could otherwise render gigabytes).
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -222,41 +220,18 @@ def _in_child(jobs: list[Job], stamps: Sequence[Mapping[str, Any]], left: int) -
     # -P: the script's own directory (scaler/) is no place to import from.
     command = [sys.executable, "-P", str(Path(template_sandbox.__file__))]
     try:
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=child_limits.environment())
+        run = child_limits.run(command, request, WALL_SECONDS)
     except OSError as error:
         results[0] = Failure(f"template: cannot start the sandbox: {error.strerror or error}")
         return results
-    killed = False
-    try:
-        out, err = child.communicate(request, timeout=WALL_SECONDS)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        killed = True
-        out, err = child.communicate()
-    finally:
-        if child.poll() is None:  # interrupted (Ctrl-C): no child left behind
-            child.kill()
-            child.wait()
-    running: int | None = None
-    cpu_before = 0.0  # CPU time the jobs before the running one took
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break  # cut short by the kill
-        if "start" in record:
-            running, cpu_before = record["start"], record["cpu"]
-        else:
-            results[record["index"]] = (Failure(record["error"]) if "error" in record
-                                        else record["output"])
-            running = None
-    if child.returncode != 0:
-        culprit = 0 if running is None else running
-        results[culprit] = Failure(_death(child.returncode, killed, running is not None, err,
-                                          culprit, cpu_before))
+    for record in run.records:
+        results[record["index"]] = (Failure(record["error"]) if "error" in record
+                                    else record["output"])
+    if run.returncode != 0:
+        culprit = 0 if run.running is None else run.running
+        results[culprit] = Failure(_death(run.returncode, run.killed, run.running is not None,
+                                          run.stderr, culprit, run.cpu_before))
     return results
-
 
 def _death(code: int, killed: bool, started: bool, stderr: bytes, culprit: int,
            cpu_before: float) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scaler import template_sandbox, templates
+from scaler import child_limits, template_sandbox, templates
 from scaler.templates import Failure, Job, render_all
 
 VARIABLES = {"queue": 'we"ird\\q\nx', "n": 3, "f": 1.5, "nothing": None, "yes": True,
@@ -122,7 +122,7 @@ def test_the_sandbox_gets_none_of_our_environment(monkeypatch):
             environments.append(environ.read())
         return child
 
-    monkeypatch.setattr(templates.subprocess, "Popen", spy)
+    monkeypatch.setattr(child_limits.subprocess, "Popen", spy)
     assert render_all([Job("{{ n + 1 }}", False, 0)], [VARIABLES]) == ["4"]
     assert len(environments) == 1
     assert b"s3cret" not in environments[0] and b"SECRET_TOKEN" not in environments[0]
