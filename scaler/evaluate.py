@@ -219,12 +219,19 @@ def missing_metrics(service: ServiceConfig, evaluation: Evaluation) -> dict[str,
         names: set[str] = set()
         for query in (rule.query, rule.throughput_query, rule.arrival_query):
             if query:
-                try:
-                    names |= promql_syntax.metric_names(query)
-                except ValueError:
-                    continue  # the config checked it; nothing to add
+                names |= _metric_names(query)
         found[outcome.rule] = frozenset(names)
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _metric_names(query: str) -> frozenset[str]:
+    # Once per query and process: a persistent "no series" asks every evaluation, and
+    # parsing (regex matchers included) is not free. The queries are fixed by the config.
+    try:
+        return promql_syntax.metric_names(query)
+    except ValueError:
+        return frozenset()  # the config checked it; nothing to add
 
 
 def explain_missing(service: ServiceConfig, evaluation: Evaluation,
